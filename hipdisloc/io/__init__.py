@@ -1,0 +1,1 @@
+"""Reading radiographs and cohort manifests."""

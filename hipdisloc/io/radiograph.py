@@ -1,0 +1,125 @@
+"""Read one radiograph (DICOM, PNG, JPEG, TIFF) into a float32 image in [0, 1], bone bright.
+
+DICOM follows the standard's display pipeline: decode (compressed transfer syntaxes through the
+installed pylibjpeg / openjpeg / RLE plugins), modality LUT (rescale slope / intercept), VOI LUT
+or window, then MONOCHROME1 inversion, so whatever the BitsStored or the photometric
+interpretation, dense material comes out bright. Colour images become luminance.
+
+Every failure is a :class:`RadiographError` that names the file and what is wrong, so a batch
+job can record it and carry on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image, UnidentifiedImageError
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+class RadiographError(Exception):
+    """A radiograph that cannot be used; ``reason`` is a short machine-friendly category."""
+
+    def __init__(self, path: str | Path, reason: str, detail: str = ""):
+        self.path, self.reason, self.detail = str(path), reason, detail
+        super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+@dataclass
+class Radiograph:
+    image: np.ndarray  # float32 (H, W) in [0, 1], bone bright
+    pixel_spacing_mm: tuple[float, float] | None
+    source: str
+    photometric: str | None = None
+    bits_stored: int | None = None
+
+
+def read_radiograph(path: str | Path, apply_voi: bool = True) -> Radiograph:
+    path = Path(path)
+    if not path.is_file():
+        raise RadiographError(path, "file not found")
+    if path.suffix.lower() in RASTER_SUFFIXES:
+        return _read_raster(path)
+    return _read_dicom(path, apply_voi)
+
+
+def _normalise(values: np.ndarray, path: Path) -> np.ndarray:
+    values = values.astype(np.float32)
+    if not np.isfinite(values).all():
+        raise RadiographError(path, "non-finite pixel values")
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        raise RadiographError(path, "all-constant image", f"every pixel is {lo:g}")
+    return (values - lo) / (hi - lo)
+
+
+def _to_gray(values: np.ndarray) -> np.ndarray:
+    if values.ndim == 3 and values.shape[-1] in (3, 4):
+        return values[..., :3].astype(np.float32) @ LUMA
+    if values.ndim == 3 and values.shape[-1] == 2:  # gray + alpha
+        return values[..., 0]
+    return values
+
+
+def _read_raster(path: Path) -> Radiograph:
+    try:
+        with Image.open(path) as img:
+            img.load()
+            values = np.asarray(img)
+            mode = img.mode
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise RadiographError(path, "unreadable image file", str(err)) from err
+    if values.ndim == 3 and mode == "P":
+        values = values[..., 0]
+    values = _to_gray(values)
+    if values.ndim != 2:
+        raise RadiographError(path, "unsupported image layout", f"shape {values.shape}")
+    return Radiograph(_normalise(values, path), None, str(path))
+
+
+def _read_dicom(path: Path, apply_voi: bool) -> Radiograph:
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError as err:
+        raise RadiographError(path, "not a DICOM file", str(err)) from err
+    except Exception as err:  # truncated headers raise a variety of errors
+        raise RadiographError(path, "unreadable DICOM", f"{type(err).__name__}: {err}") from err
+    if "PixelData" not in ds:
+        raise RadiographError(path, "no pixel data")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise RadiographError(path, "multi-frame", f"{frames} frames")
+    syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
+    try:
+        values = ds.pixel_array
+    except NotImplementedError as err:
+        raise RadiographError(path, "unsupported transfer syntax",
+                              f"{getattr(syntax, 'name', syntax)}: {err}") from err
+    except Exception as err:
+        raise RadiographError(path, "pixel data cannot be decoded",
+                              f"{getattr(syntax, 'name', syntax)}: {type(err).__name__}: {err}"
+                              ) from err
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if int(ds.get("SamplesPerPixel", 1)) > 1:
+        # pydicom converts YBR to RGB on decode; colour radiographs become luminance.
+        values = _to_gray(values)
+    else:
+        values = apply_modality_lut(values, ds)
+        if apply_voi and ("WindowCenter" in ds or "VOILUTSequence" in ds):
+            values = apply_voi_lut(values, ds, prefer_lut=True)
+        if photometric == "MONOCHROME1":
+            values = values.max() - values
+    if values.ndim != 2:
+        raise RadiographError(path, "unsupported image layout", f"shape {values.shape}")
+    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+    spacing_mm = (float(spacing[0]), float(spacing[1])) if spacing else None
+    bits = ds.get("BitsStored")
+    return Radiograph(_normalise(values, path), spacing_mm, str(path), photometric,
+                      int(bits) if bits is not None else None)

@@ -1,0 +1,24 @@
+"""Shared fixtures: small phantom cohorts generated once per test session."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from hipdisloc.phantom import CohortSettings, generate
+
+SMALL_PHANTOM = dict(n_patients=16, prevalence=0.25, images_per_tha=3.0, bilateral_rate=0.35)
+
+
+@pytest.fixture(scope="session")
+def small_phantom(tmp_path_factory):
+    """A 16-patient phantom at 160 px with an enriched prevalence (every stage has positives)."""
+    out = tmp_path_factory.mktemp("phantom")
+    summary = generate(out, CohortSettings(**SMALL_PHANTOM), seed=3, image_size=160, workers=1,
+                       progress=False)
+    # What the tests rely on: both classes, a bilateral patient, rule-violating images.
+    m = pd.read_csv(out / "manifest.csv")
+    assert set(m["dislocated"]) == {0, 1} and m["bilateral"].any()
+    assert summary.n_included_images < summary.n_images
+    return out, summary
+
