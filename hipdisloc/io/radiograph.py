@@ -120,6 +120,8 @@ def _read_dicom(path: Path, apply_voi: bool) -> Radiograph:
         raise RadiographError(path, "unsupported image layout", f"shape {values.shape}")
     spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
     spacing_mm = (float(spacing[0]), float(spacing[1])) if spacing else None
+    if spacing_mm is not None and min(spacing_mm) <= 0:  # a spacing of 0 means unknown
+        spacing_mm = None
     bits = ds.get("BitsStored")
     return Radiograph(_normalise(values, path), spacing_mm, str(path), photometric,
                       int(bits) if bits is not None else None)

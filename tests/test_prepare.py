@@ -1,0 +1,143 @@
+"""The prepare stage end to end: phantom cohort, real folder, broken files, incremental reruns."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from hipdisloc.io import cache
+from hipdisloc.preparation import PrepareSettings, prepare
+from tests.test_radiograph_reader import REAL
+
+SETTINGS = PrepareSettings(image_size=96, workers=1)
+
+
+@pytest.fixture(scope="module")
+def prepared_phantom(small_phantom, tmp_path_factory):
+    root, _ = small_phantom
+    out = tmp_path_factory.mktemp("prepared")
+    summary = prepare(out, SETTINGS, manifest=root / "manifest.csv", progress=False)
+    return root, out, summary
+
+
+def test_counts_reconcile_and_rule_exclusions_match_the_oracle(prepared_phantom):
+    root, out, s = prepared_phantom
+    manifest = pd.read_csv(root / "manifest.csv")
+    oracle = pd.read_csv(root / "oracle.csv")
+    prepared = pd.read_csv(out / "prepared.csv")
+    excluded = pd.read_csv(out / "exclusions.csv")
+    assert s.n_in == len(manifest) == len(prepared) + len(excluded)
+    assert set(prepared["image_id"]) | set(excluded["image_id"]) == set(manifest["image_id"])
+    assert set(excluded["image_id"]) == set(oracle.loc[oracle["included"] == 0, "image_id"])
+    assert set(excluded["stage"]) == {"inclusion rule"}
+    # each exclusion names its manifest line
+    lines = manifest.reset_index().set_index("image_id")["index"] + 2
+    assert (excluded.set_index("image_id")["line"] == lines[excluded["image_id"]]).all()
+
+
+def test_cache_holds_square_bone_bright_images(prepared_phantom):
+    root, out, _ = prepared_phantom
+    prepared = pd.read_csv(out / "prepared.csv")
+    assert set(prepared["photometric"]) == {"MONOCHROME1", "MONOCHROME2"}
+    for row in prepared.itertuples():
+        stored = cache.load(out / row.cache_path)
+        assert stored.shape == (96, 96) and stored.dtype == np.uint16
+        image = cache.decode(np.asarray(stored))
+        # the implant (brightest material) lands where the mask says, whatever the photometric
+        mask = np.array(Image.open(root / "masks" / f"{row.image_id}.png"))
+        frame_mask = np.zeros((row.orig_width, row.orig_width), np.uint8)
+        frame_mask[row.pad_top:row.pad_top + row.orig_height, :] = mask
+        small = np.array(Image.fromarray(frame_mask).resize((96, 96), Image.NEAREST))
+        if (small > 0).sum() > 3:
+            assert image[small > 0].mean() > np.percentile(image[small == 0], 90)
+
+
+def test_table1_counts_match_the_prepared_images(prepared_phantom):
+    _, out, _ = prepared_phantom
+    prepared = pd.read_csv(out / "prepared.csv")
+    t1 = pd.read_csv(out / "table1.csv").set_index("Characteristic")
+    for k, col in ((0, "Normal"), (1, "Dislocated")):
+        sub = prepared[prepared["dislocated"] == k]
+        assert int(t1.loc["Images", col]) == len(sub)
+        assert int(t1.loc["THAs", col]) == sub["tha_id"].nunique()
+        assert int(t1.loc["Unique patients", col]) == sub["patient_id"].nunique()
+    assert "| Characteristic | Normal | Dislocated | P value |" in (out / "table1.md").read_text()
+
+
+def test_rerun_reuses_the_cache_and_redoes_only_what_changed(small_phantom, tmp_path):
+    root, _ = small_phantom
+    cohort = tmp_path / "cohort"
+    shutil.copytree(root, cohort)
+    out = tmp_path / "prep"
+    first = prepare(out, SETTINGS, manifest=cohort / "manifest.csv", progress=False)
+    assert first.n_reused == 0
+    again = prepare(out, SETTINGS, manifest=cohort / "manifest.csv", progress=False)
+    assert again.n_reused == first.n_prepared
+    # change one source file: only that image is decoded again
+    prepared = pd.read_csv(out / "prepared.csv")
+    victim = prepared.iloc[0]
+    shutil.copy(cohort / prepared.iloc[1]["path"], cohort / victim["path"])
+    third = prepare(out, SETTINGS, manifest=cohort / "manifest.csv", progress=False)
+    assert third.n_reused == first.n_prepared - 1
+    # other settings: nothing reused
+    other = prepare(out, PrepareSettings(image_size=64, workers=1),
+                    manifest=cohort / "manifest.csv", progress=False)
+    assert other.n_reused == 0
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_broken_files_are_excluded_with_reasons_and_the_batch_goes_on(small_phantom, tmp_path):
+    root, _ = small_phantom
+    cohort = tmp_path / "cohort"
+    shutil.copytree(root, cohort)
+    manifest = pd.read_csv(cohort / "manifest.csv")
+    oracle = pd.read_csv(cohort / "oracle.csv")
+    included = manifest[manifest["image_id"].isin(oracle.loc[oracle["included"] == 1,
+                                                               "image_id"])]
+    gone, corrupt, truncated = included["path"].iloc[:3]
+    (cohort / gone).unlink()
+    (cohort / corrupt).write_bytes(b"not a radiograph at all" * 50)
+    data = (cohort / truncated).read_bytes()
+    (cohort / truncated).write_bytes(data[: len(data) // 3])
+    s = prepare(tmp_path / "out", PrepareSettings(image_size=64, workers=2),
+                manifest=cohort / "manifest.csv", progress=False)
+    assert s.reconciles() and s.n_prepared == len(included) - 3
+    excluded = pd.read_csv(tmp_path / "out" / "exclusions.csv").set_index("path")
+    assert excluded.loc[gone, "reason"] == "file not found"
+    assert excluded.loc[corrupt, "reason"] == "not a DICOM file"
+    assert excluded.loc[truncated, "reason"] in {"pixel data cannot be decoded",
+                                                 "unreadable DICOM"}
+
+
+def test_a_folder_of_real_files(tmp_path):
+    out = tmp_path / "real"
+    s = prepare(out, PrepareSettings(image_size=64, workers=1), images=REAL, progress=False)
+    assert s.n_prepared == 10 and s.reconciles()
+    assert set(pd.read_csv(out / "exclusions.csv")["reason"]) == {"not an image file"}
+    assert "| Images | 10 |" in (out / "table1.md").read_text()
+
+
+def test_cli_runs_and_a_bad_manifest_stops_with_every_error(small_phantom, tmp_path):
+    root, _ = small_phantom
+    run = subprocess.run([sys.executable, "-m", "hipdisloc.prepare",
+                          f"manifest={root / 'manifest.csv'}", f"out_dir={tmp_path / 'ok'}",
+                          "image_size=64", "workers=1"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "= prepared" in run.stdout and "DOES NOT RECONCILE" not in run.stdout
+    bad = pd.read_csv(root / "manifest.csv")
+    bad.loc[0, "sex"] = "Q"
+    bad.loc[4, "image_date"] = "yesterday"
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    run = subprocess.run([sys.executable, "-m", "hipdisloc.prepare",
+                          f"manifest={tmp_path / 'bad.csv'}", f"out_dir={tmp_path / 'bad'}",
+                          f"data_root={root}"], capture_output=True, text=True)
+    assert run.returncode == 2
+    assert "line 2, column 'sex'" in run.stderr and "line 6, column 'image_date'" in run.stderr
+    assert not Path(tmp_path / "bad" / "prepared.csv").exists()

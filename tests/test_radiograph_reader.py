@@ -1,0 +1,161 @@
+"""The radiograph reader on real third-party files and on broken ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from hipdisloc.io.radiograph import RadiographError, read_radiograph
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "ddh-xray-dicom"
+DDH_FILES = sorted(REAL.glob("*.dcm"))
+
+
+def pydicom_data_file(name: str) -> str:
+    path = get_testdata_file(name, download=False)
+    assert path is not None, f"pydicom-data does not ship {name}"
+    return path
+
+
+def test_the_ten_real_ddh_dicoms_are_present():
+    assert len(DDH_FILES) == 10
+
+
+@pytest.mark.parametrize("path", DDH_FILES, ids=lambda p: p.name)
+def test_real_jpeg2000_rgb_dicom_becomes_gray_luminance(path):
+    ds = pydicom.dcmread(path)
+    assert ds.PhotometricInterpretation == "RGB"
+    assert "JPEG 2000" in ds.file_meta.TransferSyntaxUID.name
+    r = read_radiograph(path)
+    assert r.image.dtype == np.float32 and r.image.shape == (ds.Rows, ds.Columns)
+    assert r.image.min() == 0.0 and r.image.max() == 1.0
+    luma = ds.pixel_array.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    luma = (luma - luma.min()) / (luma.max() - luma.min())
+    np.testing.assert_allclose(r.image, luma, atol=1e-5)
+
+
+@pytest.mark.parametrize("stem", ["RG1", "RG3"])
+def test_four_encodings_of_one_radiograph_agree(stem):
+    images = {enc: read_radiograph(pydicom_data_file(f"{stem}_{enc}.dcm")).image
+              for enc in ("UNCR", "UNCI", "J2KR", "J2KI")}
+    # lossless JPEG 2000 == the uncompressed original
+    np.testing.assert_allclose(images["J2KR"], images["UNCR"], atol=1e-6)
+    # UNCI is the lossy JPEG 2000 image stored uncompressed
+    np.testing.assert_allclose(images["J2KI"], images["UNCI"], atol=1e-3)
+    # lossy vs original: the same picture
+    diff = np.abs(images["J2KI"] - images["UNCR"])
+    assert diff.mean() < 0.01
+    assert np.corrcoef(images["J2KI"].ravel(), images["UNCR"].ravel())[0, 1] > 0.995
+
+
+def test_monochrome1_comes_out_bone_bright():
+    """RG1 is a chest PA stored MONOCHROME1 (15-bit): the spine must be brighter than a lung."""
+    path = pydicom_data_file("RG1_UNCR.dcm")
+    ds = pydicom.dcmread(path)
+    assert ds.PhotometricInterpretation == "MONOCHROME1" and ds.BitsStored == 15
+    h, w = ds.Rows, ds.Columns
+    spine = np.s_[int(0.2 * h):int(0.5 * h), int(0.47 * w):int(0.53 * w)]
+    lung = np.s_[int(0.3 * h):int(0.5 * h), int(0.25 * w):int(0.35 * w)]
+    stored = ds.pixel_array.astype(float)
+    assert stored[spine].mean() < stored[lung].mean()  # MONOCHROME1: dense = low values
+    image = read_radiograph(path).image
+    assert image[spine].mean() > image[lung].mean() + 0.1
+    assert read_radiograph(path).pixel_spacing_mm is None  # the file says 0\0: unknown
+
+
+def test_voi_window_is_applied_and_can_be_turned_off():
+    path = pydicom_data_file("RG3_UNCR.dcm")
+    with_voi = read_radiograph(path).image
+    without = read_radiograph(path, apply_voi=False).image
+    assert not np.allclose(with_voi, without)
+    assert np.corrcoef(with_voi.ravel(), without.ravel())[0, 1] > 0.8
+
+
+def _write_dicom(path: Path, pixels: np.ndarray | None, frames: int = 1, **extra) -> Path:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    if pixels is not None:
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows, ds.Columns = pixels.shape[-2:]
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        if frames > 1:
+            ds.NumberOfFrames = frames
+        ds.PixelData = pixels.astype(np.uint16).tobytes()
+    for k, v in extra.items():
+        setattr(ds, k, v)
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return path
+
+
+def test_modality_lut_rescale_is_applied(tmp_path):
+    ramp = np.tile(np.arange(64, dtype=np.uint16) * 10, (32, 1))
+    path = _write_dicom(tmp_path / "r.dcm", ramp, RescaleSlope=-1, RescaleIntercept=1000)
+    image = read_radiograph(path).image
+    assert image[0, 0] == 1.0 and image[0, -1] == 0.0  # a negative slope reverses the ramp
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("random_bytes", "not a DICOM file"),
+    ("truncated", "pixel data cannot be decoded"),
+    ("no_pixels", "no pixel data"),
+    ("multi_frame", "multi-frame"),
+    ("constant", "all-constant image"),
+    ("missing", "file not found"),
+    ("bad_png", "unreadable image file"),
+])
+def test_broken_inputs_raise_a_clear_error_naming_the_file(tmp_path, case, reason):
+    path = tmp_path / f"{case}.dcm"
+    if case == "random_bytes":
+        path.write_bytes(np.random.default_rng(0).bytes(5000))
+    elif case == "truncated":
+        data = Path(pydicom_data_file("RG3_UNCR.dcm")).read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif case == "no_pixels":
+        _write_dicom(path, None)
+    elif case == "multi_frame":
+        _write_dicom(path, np.ones((2, 8, 8)), frames=2)
+    elif case == "constant":
+        _write_dicom(path, np.full((8, 8), 7))
+    elif case == "bad_png":
+        path = tmp_path / "bad.png"
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    with pytest.raises(RadiographError) as err:
+        read_radiograph(path)
+    assert err.value.reason == reason
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("dtype, mode", [(np.uint8, "L"), (np.uint16, "I;16")])
+def test_png_8_and_16_bit(tmp_path, dtype, mode):
+    top = np.iinfo(dtype).max
+    ramp = np.linspace(0, top, 100).astype(dtype)[None, :].repeat(20, axis=0)
+    path = tmp_path / f"ramp_{mode.replace(';', '')}.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode == mode
+    image = read_radiograph(path).image
+    np.testing.assert_allclose(image, ramp.astype(np.float32) / top, atol=1e-6)
+
+
+def test_rgb_png_and_tiff(tmp_path):
+    rgb = np.zeros((10, 12, 3), np.uint8)
+    rgb[:, 6:] = 200
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "gray.tif")
+    for name in ("rgb.png", "gray.tif"):
+        image = read_radiograph(tmp_path / name).image
+        assert image.shape == (10, 12) and image[:, :6].max() == 0 and image[:, 6:].min() == 1
