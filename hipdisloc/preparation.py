@@ -9,7 +9,9 @@ Output folder::
     prepare.json          counts (in = prepared + excluded), settings, throughput
 
 Incremental: an image whose source bytes (content hash) and settings are unchanged since the last
-run, and whose cache file exists, is not decoded again. Every write is atomic.
+run, and whose cache file exists, is not decoded again. Every write is atomic, and each finished
+image is appended to ``prepare.journal.jsonl`` as it completes, so a run that is killed resumes
+where it stopped (the journal is folded into ``prepared.csv`` at the end).
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from hipdisloc.io.manifest import inclusion_exclusions, load_manifest
 from hipdisloc.io.radiograph import RASTER_SUFFIXES, RadiographError, read_radiograph
 from hipdisloc.stats import table1, table1_unlabelled, to_markdown
 
-READER_VERSION = 1  # bump when the decoding pipeline changes: invalidates every cache entry
+# Bump when decoding or geometry changes: it invalidates every cache entry.
+# 2: resize before padding (pad offsets in output pixels), LUT-based display pipeline.
+READER_VERSION = 2
 NOT_IMAGES = {".json", ".txt", ".md", ".csv", ".xml", ".html", ".pdf", ".zip", ".py", ".yaml"}
 EXCLUSION_COLUMNS = ["image_id", "line", "path", "stage", "reason", "detail"]
 
@@ -75,7 +79,7 @@ def manifest_from_folder(folder: str | Path) -> pd.DataFrame:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a folder")
     rows = []
-    for f in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = f.relative_to(folder)
         row = {"image_id": rel.as_posix(), "path": rel.as_posix(), "file": str(f),
                "patient_id": pd.NA, "sex": pd.NA, "image_date": pd.NaT}
@@ -100,6 +104,8 @@ def _prepare_one(task: tuple[dict, PrepareSettings, str]) -> dict:
     result = {"image_id": row["image_id"]}
     try:
         suffix = Path(row["file"]).suffix.lower()
+        if Path(row["file"]).name.startswith("."):
+            raise RadiographError(row["file"], "hidden file")
         if suffix in NOT_IMAGES:
             raise RadiographError(row["file"], "not an image file", f"suffix {suffix}")
         if not Path(row["file"]).is_file():
@@ -134,15 +140,51 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
     tmp.replace(path)
 
 
+GEOMETRY_COLUMNS = ["image_id", "source_hash", "cache_key", "cache_path", "orig_height",
+                    "orig_width", "pad_top", "pad_left", "scale", "pixel_spacing_mm",
+                    "photometric", "bits_stored"]
+JOURNAL = "prepare.journal.jsonl"
+
+
 def _previous_rows(out_dir: Path) -> dict[str, dict]:
+    """What earlier runs prepared: prepared.csv, then the journal of an interrupted run."""
+    rows: dict[str, dict] = {}
     prepared = out_dir / "prepared.csv"
-    if not prepared.is_file():
-        return {}
-    prev = pd.read_csv(prepared, dtype={"image_id": str, "source_hash": str, "cache_key": str})
-    keep = ["image_id", "source_hash", "cache_key", "cache_path", "orig_height", "orig_width",
-            "pad_top", "pad_left", "scale", "pixel_spacing_mm", "photometric", "bits_stored"]
-    keep = [c for c in keep if c in prev.columns]
-    return {r["image_id"]: r for r in prev[keep].to_dict("records")}
+    if prepared.is_file():
+        prev = pd.read_csv(prepared, dtype={"image_id": str, "source_hash": str,
+                                            "cache_key": str})
+        if set(GEOMETRY_COLUMNS) <= set(prev.columns):
+            rows = {r["image_id"]: r for r in prev[GEOMETRY_COLUMNS].to_dict("records")}
+    journal = out_dir / JOURNAL
+    if journal.is_file():
+        for line in journal.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # the last line of a killed run may be cut short
+                continue
+            rows[entry["image_id"]] = {k: entry.get(k) for k in GEOMETRY_COLUMNS}
+    return rows
+
+
+def _run_journalled(tasks: list, workers: int, journal: Path, progress: bool) -> list[dict]:
+    """Run the tasks, appending each prepared image to the journal as soon as it is done."""
+    bar = dict(total=len(tasks), desc="prepare", unit="img", disable=not progress)
+    results = []
+    with open(journal, "a") as log:
+        def record(result: dict) -> None:
+            results.append(result)
+            if result["status"] == "prepared":
+                log.write(json.dumps({k: result.get(k) for k in GEOMETRY_COLUMNS}) + "\n")
+                log.flush()
+
+        if workers > 1 and len(tasks) > 1:
+            with mp.get_context("fork").Pool(workers) as pool:
+                for result in tqdm(pool.imap_unordered(_prepare_one, tasks, chunksize=4), **bar):
+                    record(result)
+        else:
+            for task in tqdm(tasks, **bar):
+                record(_prepare_one(task))
+    return results
 
 
 def prepare(out_dir: str | Path, settings: PrepareSettings, manifest: str | Path | None = None,
@@ -172,12 +214,7 @@ def prepare(out_dir: str | Path, settings: PrepareSettings, manifest: str | Path
                "previous": previous.get(r["image_id"])}, settings, str(out))
              for r in candidates[["image_id", "file"]].to_dict("records")]
     start = time.perf_counter()
-    bar = dict(total=len(tasks), desc="prepare", unit="img", disable=not progress)
-    if settings.workers > 1 and len(tasks) > 1:
-        with mp.get_context("fork").Pool(settings.workers) as pool:
-            results = list(tqdm(pool.imap_unordered(_prepare_one, tasks, chunksize=4), **bar))
-    else:
-        results = [_prepare_one(t) for t in tqdm(tasks, **bar)]
+    results = _run_journalled(tasks, settings.workers, out / JOURNAL, progress)
     seconds = time.perf_counter() - start
 
     by_id = candidates.set_index("image_id")
@@ -196,6 +233,9 @@ def prepare(out_dir: str | Path, settings: PrepareSettings, manifest: str | Path
     excluded = pd.DataFrame(exclusions, columns=EXCLUSION_COLUMNS)
     _write_csv(excluded, out / "exclusions.csv")
 
+    (out / JOURNAL).unlink(missing_ok=True)  # everything it held is in prepared.csv now
+    for stale in ("table1.csv", "table1.md"):
+        (out / stale).unlink(missing_ok=True)
     if len(prepared):
         t1 = table1(prepared) if labelled else table1_unlabelled(prepared)
         caption = ("Cohort characteristics of the included images, by class." if labelled

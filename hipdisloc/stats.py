@@ -80,11 +80,12 @@ def table1(images: pd.DataFrame) -> pd.DataFrame:
 def table1_unlabelled(images: pd.DataFrame) -> pd.DataFrame:
     """Table 1 of a folder without labels: what can be counted from the files themselves."""
     known_patients = images["patient_id"].dropna()
-    sex = images.drop_duplicates("patient_id")["sex"] if "sex" in images else pd.Series()
+    with_id = images[images["patient_id"].notna()].drop_duplicates("patient_id")
+    sex = with_id["sex"] if "sex" in images else pd.Series(dtype="string")
     rows = [("Images", len(images)),
             ("Unique patients (from DICOM PatientID)", known_patients.nunique()),
             ("Images without a patient id", int(images["patient_id"].isna().sum())),
-            ("Sex, F:M (patients)", f"{(sex == 'F').sum()}:{(sex == 'M').sum()}")]
+            ("Sex, F:M (patients with an id)", f"{(sex == 'F').sum()}:{(sex == 'M').sum()}")]
     return pd.DataFrame(rows, columns=["Characteristic", "All images (unlabelled)"])
 
 

@@ -10,7 +10,7 @@ workers=$(nproc)
 
 echo "== 1/2 phantom: synthetic THA cohort (not patient data) -> $out/phantom"
 "$py" -m hipdisloc.phantom out_dir="$out/phantom" n_patients=300 seed=0 prevalence=0.1 \
-  image_size=768 workers="$workers"
+  image_size=768 workers="$workers" overwrite=true
 "$py" -m hipdisloc.phantom.preview "$out/phantom" "$out/phantom_preview.png" --n 3
 
 echo "== 2/2 prepare: validate, inclusion rules, decode, pad, resize 512 -> $out/prepared"

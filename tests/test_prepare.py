@@ -142,3 +142,36 @@ def test_cli_runs_and_a_bad_manifest_stops_with_every_error(small_phantom, tmp_p
     assert run.returncode == 2
     assert "line 2, column 'sex'" in run.stderr and "line 6, column 'image_date'" in run.stderr
     assert not Path(tmp_path / "bad" / "prepared.csv").exists()
+
+
+def test_a_killed_run_resumes_where_it_stopped(small_phantom, tmp_path, monkeypatch):
+    import hipdisloc.preparation as stage
+
+    root, _ = small_phantom
+    real = stage._prepare_one
+    calls = {"n": 0}
+
+    def dies_after_five(task):
+        if calls["n"] == 5:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C, or the job was killed
+        calls["n"] += 1
+        return real(task)
+
+    monkeypatch.setattr(stage, "_prepare_one", dies_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(tmp_path, SETTINGS, manifest=root / "manifest.csv", progress=False)
+    assert not (tmp_path / "prepared.csv").exists()
+    monkeypatch.setattr(stage, "_prepare_one", real)
+    s = prepare(tmp_path, SETTINGS, manifest=root / "manifest.csv", progress=False)
+    assert s.n_reused == 5 and s.reconciles()
+    assert not (tmp_path / "prepare.journal.jsonl").exists()
+
+
+def test_hidden_files_are_listed_not_skipped(tmp_path):
+    folder = tmp_path / "in"
+    shutil.copytree(REAL, folder)
+    (folder / ".DS_Store").write_bytes(b"\0\1")
+    s = prepare(tmp_path / "out", PrepareSettings(image_size=64, workers=1), images=folder,
+                progress=False)
+    excluded = pd.read_csv(tmp_path / "out" / "exclusions.csv").set_index("path")
+    assert excluded.loc[".DS_Store", "reason"] == "hidden file" and s.reconciles()

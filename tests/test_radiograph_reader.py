@@ -159,3 +159,30 @@ def test_rgb_png_and_tiff(tmp_path):
     for name in ("rgb.png", "gray.tif"):
         image = read_radiograph(tmp_path / name).image
         assert image.shape == (10, 12) and image[:, :6].max() == 0 and image[:, 6:].min() == 1
+
+
+def test_palette_png_is_read_through_its_palette(tmp_path):
+    indices = np.tile(np.arange(256, dtype=np.uint8), (4, 1))
+    img = Image.fromarray(indices, mode="P")
+    img.putpalette([v for i in range(256) for v in (255 - i,) * 3])  # reversed grey ramp
+    img.save(tmp_path / "p.png")
+    image = read_radiograph(tmp_path / "p.png").image
+    assert image[0, 0] == 1.0 and image[0, -1] == 0.0
+
+
+def test_signed_pixels_with_rescale(tmp_path):
+    ramp = np.tile(np.arange(-32, 32, dtype=np.int16) * 16, (8, 1))
+    path = _write_dicom(tmp_path / "s.dcm", ramp.view(np.uint16), PixelRepresentation=1,
+                        RescaleSlope=2, RescaleIntercept=-1024)
+    image = read_radiograph(path).image
+    np.testing.assert_allclose(image[0], np.linspace(0, 1, 64), atol=1e-6)
+
+
+def test_malformed_optional_tags_do_not_cost_the_image(tmp_path):
+    ramp = np.tile(np.arange(64, dtype=np.uint16), (8, 1))
+    path = _write_dicom(tmp_path / "m.dcm", ramp, PixelSpacing="0.2")  # one value, not two
+    r = read_radiograph(path)
+    assert r.pixel_spacing_mm is None and r.image.shape == (8, 64)
+    palette = _write_dicom(tmp_path / "pal.dcm", ramp, PhotometricInterpretation="PALETTE COLOR")
+    with pytest.raises(RadiographError, match="unsupported photometric interpretation"):
+        read_radiograph(palette)

@@ -20,6 +20,10 @@ REQUIRED = ["image_id", "patient_id", "tha_id", "path", "side", "sex", "dislocat
 DATES = ["surgery_date", "image_date", "dislocation_date"]
 NUMERIC = ["age", "weight_kg", "height_m", "followup_years"]
 ALLOWED = {"side": {"L", "R"}, "sex": {"F", "M"}, "dislocated": {"0", "1"}}
+# Columns hipdisloc adds to the prepared manifest: a user column of that name would be lost.
+RESERVED = {"line", "file", "source_hash", "cache_key", "cache_path", "orig_height", "orig_width",
+            "pad_top", "pad_left", "scale", "pixel_spacing_mm", "photometric", "bits_stored"}
+LABEL_SPELLINGS = {"0": "0", "1": "1", "0.0": "0", "1.0": "1", "false": "0", "true": "1"}
 
 
 @dataclass(frozen=True)
@@ -51,10 +55,28 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise ManifestError(path, [ManifestIssue(None, None, "manifest file not found")])
     if path.suffix.lower() in {".parquet", ".pq"}:
         df = pd.read_parquet(path).astype("string")
+        df.insert(0, "line", range(2, len(df) + 2))  # row number as a person counts it
     else:
-        df = pd.read_csv(path, dtype="string", keep_default_na=False, na_values=[""])
-    df.columns = [str(c).strip() for c in df.columns]
+        # Keep blank lines while reading so that 'line' is the line a person sees in an editor.
+        df = pd.read_csv(path, dtype="string", keep_default_na=False, na_values=[""],
+                         skip_blank_lines=False)
+        df.insert(0, "line", range(2, len(df) + 2))
+        df = df[df.drop(columns="line").notna().any(axis=1)].reset_index(drop=True)
+    df.columns = ["line"] + [str(c).strip() for c in df.columns[1:]]
     return df
+
+
+def parse_dates(raw: pd.Series) -> pd.Series:
+    """ISO 8601 (``2012-05-31``, with an optional time and offset) or DICOM (``20120531``).
+
+    Anything else (``05/31/2012``: day or month first?) is not guessed: it stays NaT and is
+    reported. Times are dropped: the inclusion rules count whole days.
+    """
+    raw = raw.astype("string").str.strip()
+    iso = pd.to_datetime(raw, errors="coerce", format="ISO8601", utc=True)
+    dicom = pd.to_datetime(raw.where(raw.str.fullmatch(r"\d{8}", na=False)), errors="coerce",
+                           format="%Y%m%d", utc=True)
+    return iso.fillna(dicom).dt.tz_localize(None).dt.normalize()
 
 
 def _bad_values(df: pd.DataFrame, column: str, mask: pd.Series, what: str) -> list[ManifestIssue]:
@@ -66,7 +88,12 @@ def validate(df: pd.DataFrame) -> tuple[pd.DataFrame, list[ManifestIssue]]:
     """Return the typed manifest and every issue found (empty list: valid)."""
     issues: list[ManifestIssue] = []
     df = df.copy()
-    df.insert(0, "line", range(2, len(df) + 2))
+    if "line" not in df.columns:
+        df.insert(0, "line", range(2, len(df) + 2))
+    reserved = [c for c in df.columns[1:] if c in RESERVED]
+    if reserved:
+        return df, [ManifestIssue(None, c, "column name is reserved by hipdisloc; rename it")
+                    for c in reserved]
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         return df, [ManifestIssue(None, c, "required column missing") for c in missing]
@@ -79,11 +106,13 @@ def validate(df: pd.DataFrame) -> tuple[pd.DataFrame, list[ManifestIssue]]:
         issues += [ManifestIssue(int(line), col, "empty value") for line in df.loc[empty, "line"]]
 
     dup = df["image_id"].notna() & df["image_id"].duplicated(keep=False)
-    for image_id, group in df[dup].groupby("image_id"):
+    for _, group in df[dup].groupby("image_id"):
         lines = ", ".join(str(x) for x in group["line"])
         issues.append(ManifestIssue(int(group["line"].iloc[0]), "image_id",
-                                    f"duplicate image_id {image_id!r} on lines {lines}"))
+                                    f"duplicate image_id on lines {lines}"))
 
+    df["dislocated"] = df["dislocated"].str.lower().map(
+        lambda v: LABEL_SPELLINGS.get(v, v) if isinstance(v, str) else v)
     for col, allowed in ALLOWED.items():
         values = df[col].str.upper() if col != "dislocated" else df[col]
         bad = values.notna() & (values != "") & ~values.isin(allowed)
@@ -93,13 +122,14 @@ def validate(df: pd.DataFrame) -> tuple[pd.DataFrame, list[ManifestIssue]]:
     df["dislocated"] = pd.to_numeric(df["dislocated"], errors="coerce").astype("Int64")
 
     for col in DATES:
-        if col not in df.columns:
-            df[col] = pd.NaT if col == "dislocation_date" else df.get(col)
+        if col not in df.columns:  # only the optional dislocation_date can be absent here
+            df[col] = pd.NaT
             continue
         raw = df[col].astype("string").str.strip()
-        parsed = pd.to_datetime(raw, errors="coerce", format="mixed")
+        parsed = parse_dates(raw)
         bad = raw.notna() & (raw != "") & parsed.isna()
-        issues += _bad_values(df.assign(**{col: raw}), col, bad, "not a date")
+        issues += _bad_values(df.assign(**{col: raw}), col, bad,
+                              "not a date (write YYYY-MM-DD or YYYYMMDD)")
         df[col] = parsed
 
     for col in NUMERIC:
@@ -127,6 +157,10 @@ def validate(df: pd.DataFrame) -> tuple[pd.DataFrame, list[ManifestIssue]]:
     issues += _conflicts(df, "tha_id", "side", "THA on two sides")
     issues += _conflicts(df, "tha_id", "dislocated", "THA with two labels")
     issues += _conflicts(df, "tha_id", "surgery_date", "THA with two surgery dates")
+    issues += _conflicts(df, "tha_id", "dislocation_date", "THA with two dislocation dates")
+    # A film showing both THAs of a bilateral patient is two rows (two image_ids, one path);
+    # two patients on one file would leak across patient-level folds.
+    issues += _conflicts(df, "path", "patient_id", "one image file listed for two patients")
     return df, issues
 
 
@@ -134,19 +168,24 @@ def _conflicts(df: pd.DataFrame, key: str, column: str, what: str) -> list[Manif
     sub = df[df[key].notna() & df[column].notna()]
     counts = sub.groupby(key)[column].nunique()
     out = []
+    shown = {"sex", "side", "dislocated"}  # identifiers and dates are not echoed, only lines
     for k in counts[counts > 1].index:
-        rows = sub[sub[key] == k]
-        values = ", ".join(f"{v} (line {ln})" for v, ln in
-                           rows.drop_duplicates(column)[[column, "line"]].itertuples(index=False))
-        out.append(ManifestIssue(int(rows["line"].iloc[0]), column, f"{what} {k!r}: {values}"))
+        rows = sub[sub[key] == k].drop_duplicates(column)
+        if column in shown:
+            values = ", ".join(f"{v} (line {ln})" for v, ln in
+                               rows[[column, "line"]].itertuples(index=False))
+        else:
+            values = "lines " + ", ".join(str(ln) for ln in rows["line"])
+        out.append(ManifestIssue(int(rows["line"].iloc[0]), column, f"{what}: {values}"))
     return out
 
 
 def load_manifest(path: str | Path, data_root: str | Path | None = None) -> pd.DataFrame:
     """Read and validate a manifest; raise :class:`ManifestError` listing every problem.
 
-    Relative image paths are resolved against ``data_root`` (default: the manifest's folder)
-    into the column ``file``.
+    One row per (radiograph, THA): a film showing both THAs of a bilateral patient is two rows
+    with distinct ``image_id`` and the same ``path``. Relative image paths are resolved against
+    ``data_root`` (default: the manifest's folder) into the column ``file``.
     """
     path = Path(path)
     df, issues = validate(read_table(path))

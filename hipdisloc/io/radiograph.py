@@ -72,12 +72,11 @@ def _read_raster(path: Path) -> Radiograph:
     try:
         with Image.open(path) as img:
             img.load()
+            if img.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
+                img = img.convert("RGB")  # palette and other colour models -> real colours
             values = np.asarray(img)
-            mode = img.mode
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise RadiographError(path, "unreadable image file", str(err)) from err
-    if values.ndim == 3 and mode == "P":
-        values = values[..., 0]
     values = _to_gray(values)
     if values.ndim != 2:
         raise RadiographError(path, "unsupported image layout", f"shape {values.shape}")
@@ -93,7 +92,10 @@ def _read_dicom(path: Path, apply_voi: bool) -> Radiograph:
         raise RadiographError(path, "unreadable DICOM", f"{type(err).__name__}: {err}") from err
     if "PixelData" not in ds:
         raise RadiographError(path, "no pixel data")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        frames = 1  # a malformed optional tag; the decoder decides
     if frames > 1:
         raise RadiographError(path, "multi-frame", f"{frames} frames")
     syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
@@ -107,6 +109,8 @@ def _read_dicom(path: Path, apply_voi: bool) -> Radiograph:
                               f"{getattr(syntax, 'name', syntax)}: {type(err).__name__}: {err}"
                               ) from err
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if photometric == "PALETTE COLOR":
+        raise RadiographError(path, "unsupported photometric interpretation", photometric)
     if int(ds.get("SamplesPerPixel", 1)) > 1:
         # pydicom converts YBR to RGB on decode; colour radiographs become luminance.
         values = _to_gray(values)
@@ -114,17 +118,35 @@ def _read_dicom(path: Path, apply_voi: bool) -> Radiograph:
         raise RadiographError(path, "unsupported image layout", f"shape {values.shape}")
     if int(ds.get("SamplesPerPixel", 1)) > 1:
         image = _normalise(values, path)
-    elif values.dtype.kind in "ui" and values.dtype.itemsize <= 2:
-        image = _display_via_lut(values, ds, photometric, apply_voi, path)
     else:
-        image = _normalise(_display(values, ds, photometric, apply_voi), path)
-    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
-    spacing_mm = (float(spacing[0]), float(spacing[1])) if spacing else None
-    if spacing_mm is not None and min(spacing_mm) <= 0:  # a spacing of 0 means unknown
-        spacing_mm = None
+        try:
+            if values.dtype.kind in "ui" and values.dtype.itemsize <= 2:
+                image = _display_via_lut(values, ds, photometric, apply_voi, path)
+            else:
+                image = _normalise(_display(values, ds, photometric, apply_voi), path)
+        except RadiographError:
+            raise
+        except Exception as err:  # malformed rescale / window / VOI LUT attributes
+            raise RadiographError(path, "invalid display attributes (rescale, window or VOI)",
+                                  f"{type(err).__name__}: {err}") from err
     bits = ds.get("BitsStored")
-    return Radiograph(image, spacing_mm, str(path), photometric,
+    return Radiograph(image, _pixel_spacing(ds), str(path), photometric,
                       int(bits) if bits is not None else None)
+
+
+def _pixel_spacing(ds: pydicom.Dataset) -> tuple[float, float] | None:
+    """(row, column) spacing in mm, or None when absent, malformed or zero (unknown)."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        try:
+            value = ds.get(keyword)
+            if value is None:
+                continue
+            pair = (float(value[0]), float(value[1]))
+        except (TypeError, ValueError, IndexError):
+            continue
+        if min(pair) > 0:
+            return pair
+    return None
 
 
 def _display(values: np.ndarray, ds: pydicom.Dataset, photometric: str,

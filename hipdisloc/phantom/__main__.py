@@ -26,7 +26,8 @@ def settings_from_config(cfg: DictConfig) -> CohortSettings:
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="phantom")
 def main(cfg: DictConfig) -> None:
     summary = generate(cfg.out_dir, settings_from_config(cfg), seed=int(cfg.seed),
-                       image_size=int(cfg.image_size), workers=int(cfg.workers))
+                       image_size=int(cfg.image_size), workers=int(cfg.workers),
+                       overwrite=bool(cfg.overwrite))
     print(
         f"phantom (synthetic, not patient data): {summary.n_images} radiographs of "
         f"{summary.n_thas} THAs in {summary.n_patients} patients -> {summary.out_dir}\n"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -110,7 +111,7 @@ def _render_and_write(task: tuple[dict, int, int, str]) -> dict:
             "collimated": any(v > 0 for v in scene.collimation),
             "marker_R": any(m[0] == "R" for m in scene.markers),
             "marker_L": any(m[0] == "L" for m in scene.markers),
-            "n_gas": len(scene.gas), "mean_intensity": float(result.image.mean()),
+            "n_gas": len(scene.gas),
         },
     }
 
@@ -170,9 +171,10 @@ def coco_of(results: list[dict], images: pd.DataFrame) -> dict:
     coco = {"info": {"description": "hipdisloc phantom: synthetic, not patient data"},
             "categories": [{"id": 1, "name": "hip"}], "images": [], "annotations": []}
     for n, res in enumerate(sorted(results, key=lambda r: r["image_id"]), start=1):
-        coco["images"].append({"id": n, "file_name": by_id.loc[res["image_id"], "path"],
-                               "image_id": res["image_id"], "width": res["width"],
-                               "height": res["height"]})
+        # DESIGN.md section 2: file_name matches the manifest's image_id; path is the DICOM.
+        coco["images"].append({"id": n, "file_name": res["image_id"],
+                               "path": by_id.loc[res["image_id"], "path"],
+                               "width": res["width"], "height": res["height"]})
         for side, (x0, y0, x1, y1) in sorted(res["boxes"].items()):
             coco["annotations"].append({
                 "id": len(coco["annotations"]) + 1, "image_id": n, "category_id": 1,
@@ -188,9 +190,31 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+OUTPUT_FILES = ("manifest.csv", "boxes.json", "oracle.csv", "acquisition.csv", "phantom.json")
+OUTPUT_DIRS = ("dicom", "masks")
+
+
+def _clear_previous(out: Path, overwrite: bool) -> None:
+    """Same arguments, same bytes: files of an earlier cohort must not linger in ``out``."""
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out} is not empty; choose another out_dir or pass "
+                              "overwrite=true to replace the phantom cohort there")
+    if not (out / "phantom.json").is_file():
+        raise FileExistsError(f"{out} is not empty and holds no phantom cohort "
+                              "(no phantom.json); refusing to delete anything there")
+    for name in OUTPUT_FILES:
+        (out / name).unlink(missing_ok=True)
+    for name in OUTPUT_DIRS:
+        shutil.rmtree(out / name, ignore_errors=True)
+
+
 def generate(out_dir: str | Path, settings: CohortSettings, seed: int = 0,
-             image_size: int = 512, workers: int = 1, progress: bool = True) -> PhantomSummary:
+             image_size: int = 512, workers: int = 1, progress: bool = True,
+             overwrite: bool = False) -> PhantomSummary:
     out = Path(out_dir)
+    _clear_previous(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     thas, images, info = image_table(settings, seed)
     rows = images.to_dict("records")

@@ -25,7 +25,7 @@ def preview(cohort_dir: Path, out: Path, n: int = 3, image_ids: list[str] | None
     coco = json.loads((cohort_dir / "boxes.json").read_text())
     images = coco["images"]
     if image_ids:
-        images = [im for im in images if im["image_id"] in set(image_ids)]
+        images = [im for im in images if im["file_name"] in set(image_ids)]
     else:
         step = max(1, len(images) // n)
         images = images[::step][:n]
@@ -34,14 +34,14 @@ def preview(cohort_dir: Path, out: Path, n: int = 3, image_ids: list[str] | None
         anns.setdefault(a["image_id"], []).append(a)
     tiles = []
     for im in images:
-        pixels = read_radiograph(cohort_dir / im["file_name"]).image
+        pixels = read_radiograph(cohort_dir / im["path"]).image
         tile = Image.fromarray(np.round(pixels * 255).astype(np.uint8)).convert("RGB")
         draw = ImageDraw.Draw(tile)
         for a in anns.get(im["id"], []):
             x, y, w, h = a["bbox"]
             draw.rectangle([x, y, x + w, y + h], outline=BOX_COLOURS[a["side"]],
                            width=max(1, tile.width // 250))
-        draw.text((4, tile.height - 14), f"{im['image_id']} (synthetic)", fill=(255, 255, 0))
+        draw.text((4, tile.height - 14), f"{im['file_name']} (synthetic)", fill=(255, 255, 0))
         scale = height / tile.height
         tiles.append(tile.resize((round(tile.width * scale), height), Image.BILINEAR))
     sheet = Image.new("RGB", (sum(t.width for t in tiles) + 4 * (len(tiles) - 1), height))
