@@ -8,20 +8,29 @@ py="${HIPDISLOC_VENV:-$root/.venv}/bin/python"
 out=${DEMO_DIR:-$root/data/demo}
 workers=$(nproc)
 
-echo "== 1/2 phantom: synthetic THA cohort (not patient data) -> $out/phantom"
+echo "== 1/4 phantom: synthetic THA cohort (not patient data) -> $out/phantom"
 "$py" -m hipdisloc.phantom out_dir="$out/phantom" n_patients=300 seed=0 prevalence=0.1 \
   image_size=768 workers="$workers" overwrite=true
 "$py" -m hipdisloc.phantom.preview "$out/phantom" "$out/phantom_preview.png" --n 3
 
-echo "== 2/2 prepare: validate, inclusion rules, decode, pad, resize 512 -> $out/prepared"
+echo "== 2/4 prepare: validate, inclusion rules, decode, pad, resize 512 -> $out/prepared"
 "$py" -m hipdisloc.prepare manifest="$out/phantom/manifest.csv" out_dir="$out/prepared" \
   workers="$workers"
 cat "$out/prepared/table1.md"
 
+echo "== 3/4 detect: YOLOv3 (MobileNetV2) hip detector, demo settings (~10 min) -> $out/detector"
+"$py" -m hipdisloc.detect +experiment=detect_demo prepared_dir="$out/prepared" \
+  boxes="$out/phantom/boxes.json" out_dir="$out/detector" trainer.enable_progress_bar=false
+
+echo "== 4/4 crop: THA-side box, dilated 10 % sup/med/lat, 224 px -> $out/crops"
+"$py" -m hipdisloc.crop prepared_dir="$out/prepared" out_dir="$out/crops" \
+  detector="$out/detector/detector.pt"
+"$py" -m hipdisloc.crop_preview "$out/crops" "$out/prepared" "$out/crop_preview.png"
+
 cat <<MSG
 
-The demo stops here: phantom and prepare are the stages implemented so far.
-Not yet implemented (open issues): detect + crop (YOLOv3), train (10-fold ResNet18), report,
-predict. Look at: $out/phantom_preview.png, $out/prepared/table1.md,
-$out/prepared/exclusions.csv
+The demo stops here: phantom, prepare, detect and crop are the stages implemented so far.
+Not yet implemented (open issues): train (10-fold ResNet18), report, predict.
+Look at: $out/phantom_preview.png, $out/prepared/table1.md, $out/detector/detector_metrics.json,
+$out/crop_preview.png, $out/crops/crops.csv
 MSG
