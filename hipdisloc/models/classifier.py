@@ -1,0 +1,133 @@
+"""DislocationClassifier: ResNet18, one logit, BCE weighted for the positive class.
+
+Two stages as the paper (fastai's ``fine_tune``): the head alone with the backbone frozen, then
+all layers with discriminative learning rates (a geometric slice from the stem to the head whose
+top is picked by Lightning's LR finder). Validation logs AUC and sensitivity at the threshold
+every epoch, for the paper's checkpoint selection rule.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torchvision
+from torchmetrics.classification import BinaryAUROC
+
+from hipdisloc.metrics import confusion_metrics
+
+IMAGENET_FILE = "resnet18-f37072fd.pth"  # torchvision's file name for ImageNet ResNet18
+LAYER_GROUPS = (("conv1", "bn1", "layer1"), ("layer2",), ("layer3",), ("layer4",), ("fc",))
+
+
+def resnet18(pretrained: str = "none") -> torch.nn.Module:
+    """torchvision ResNet18 with one output; ``pretrained``: imagenet | none | /path/to.pth.
+
+    Nothing is downloaded: ``imagenet`` reads torchvision's file from the local torch hub cache
+    and says where to put it when it is absent.
+    """
+    net = torchvision.models.resnet18(weights=None)
+    if pretrained not in ("none", None, ""):
+        path = Path(pretrained)
+        if pretrained == "imagenet":
+            path = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILE
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"ImageNet ResNet18 weights are not on this machine ({path}); nothing is "
+                    "downloaded at run time: copy the file there, pass model.pretrained="
+                    "/path/to/weights.pth, or use model.pretrained=none")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        missing, _ = net.load_state_dict(state, strict=False)
+        if set(missing) - {"fc.weight", "fc.bias"}:
+            raise ValueError(f"{path}: not a ResNet18 state dict (missing {sorted(missing)[:3]})")
+    net.fc = torch.nn.Linear(net.fc.in_features, 1)
+    return net
+
+
+class DislocationClassifier(pl.LightningModule):
+    def __init__(self, pretrained: str = "none", pos_weight: float = 25.0, lr: float = 1e-4,
+                 lr_slice_ratio: float = 100.0, threshold: float = 0.5):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = resnet18(pretrained)
+        self.loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
+        self.stage = "head"
+        self._outputs: dict[str, list] = {"val": [], "test": []}
+        self.last_predictions: dict | None = None
+
+    # -- stages -----------------------------------------------------------------------------
+    def freeze_backbone(self) -> None:
+        self.stage = "head"
+        for name, p in self.net.named_parameters():
+            p.requires_grad = name.startswith("fc.")
+
+    def unfreeze(self) -> None:
+        self.stage = "all"
+        for p in self.net.parameters():
+            p.requires_grad = True
+
+    def parameter_groups(self, top_lr: float) -> list[dict]:
+        """Discriminative learning rates: geometric from top_lr / ratio (stem) to top_lr (head)."""
+        lrs = np.geomspace(top_lr / self.hparams.lr_slice_ratio, top_lr, len(LAYER_GROUPS))
+        groups = []
+        for names, lr in zip(LAYER_GROUPS, lrs, strict=True):
+            params = [p for n, p in self.net.named_parameters() if n.split(".")[0] in names]
+            groups.append({"params": params, "lr": float(lr)})
+        return groups
+
+    def configure_optimizers(self):
+        if self.stage == "head":
+            return torch.optim.Adam(self.net.fc.parameters(), lr=self.hparams.lr)
+        return torch.optim.Adam(self.parameter_groups(self.hparams.lr))
+
+    # -- steps ------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(1)
+
+    def training_step(self, batch, batch_idx):
+        x, y, _ = batch
+        loss = self.loss_fn(self(x), y)
+        self.log("train/loss", loss, prog_bar=True, on_epoch=True, on_step=False,
+                 batch_size=len(y))
+        return loss
+
+    def _collect(self, batch, stage: str) -> None:
+        x, y, pos = batch
+        logits = self(x)
+        self.log(f"{stage}/loss", self.loss_fn(logits, y), on_epoch=True, on_step=False,
+                 batch_size=len(y), sync_dist=True)
+        self._outputs[stage].append((torch.sigmoid(logits).detach(), y.detach(), pos.detach()))
+
+    def _gathered(self, stage: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        scores, labels, pos = (torch.cat(t) for t in zip(*self._outputs[stage], strict=True))
+        self._outputs[stage] = []
+        if self.trainer is not None and self.trainer.world_size > 1:
+            scores, labels, pos = (self.all_gather(t).flatten() for t in (scores, labels, pos))
+        pos = pos.cpu().numpy()
+        _, first = np.unique(pos, return_index=True)  # a padded DDP share repeats positions
+        return scores.cpu().numpy()[first], labels.cpu().numpy()[first], pos[first]
+
+    def validation_step(self, batch, batch_idx):
+        self._collect(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._outputs["val"]:
+            return
+        scores, labels, _ = self._gathered("val")
+        m = confusion_metrics(labels, scores, self.hparams.threshold)
+        auc = float(BinaryAUROC()(torch.tensor(scores), torch.tensor(labels).int())) \
+            if len(set(labels.tolist())) == 2 else float("nan")
+        self.log("val/auc", auc, sync_dist=False)
+        self.log("val/sensitivity", m["sensitivity"], sync_dist=False)
+        self.log("val/specificity", m["specificity"], sync_dist=False)
+
+    def test_step(self, batch, batch_idx):
+        self._collect(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        scores, labels, pos = self._gathered("test")
+        self.last_predictions = {"score": scores, "label": labels, "position": pos}
