@@ -13,10 +13,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from hipdisloc.io import cache
-
-
-def _gray(array: np.ndarray) -> Image.Image:
-    return Image.fromarray(np.round(array * 255).astype(np.uint8)).convert("RGB")
+from hipdisloc.pictures import montage, save, to_rgb
 
 
 def crop_preview(crops_dir: Path, prepared_dir: Path, out: Path, n: int = 2) -> Path:
@@ -25,7 +22,7 @@ def crop_preview(crops_dir: Path, prepared_dir: Path, out: Path, n: int = 2) -> 
     rows = [crops[crops["side"] == s].iloc[0] for s in ("R", "L") if (crops["side"] == s).any()]
     tiles = []
     for r in rows[:n]:
-        image = _gray(cache.decode(np.asarray(cache.load(prepared_dir / r["cache_path"]))))
+        image = to_rgb(cache.decode(np.asarray(cache.load(prepared_dir / r["cache_path"]))))
         draw = ImageDraw.Draw(image)
         draw.rectangle([r["box_x0"], r["box_y0"], r["box_x1"], r["box_y1"]],
                        outline=(255, 60, 60), width=2)
@@ -33,20 +30,10 @@ def crop_preview(crops_dir: Path, prepared_dir: Path, out: Path, n: int = 2) -> 
                        outline=(255, 220, 0), width=2)
         draw.text((4, 4), f"THA side {r['side']}, {r['box_source']} box "
                           f"(score {r['score']:.2f}) + 10 % dilation", fill=(255, 255, 0))
-        crop = _gray(cache.decode(np.asarray(cache.load(crops_dir / r["crop_path"]))))
+        crop = to_rgb(cache.decode(np.asarray(cache.load(crops_dir / r["crop_path"]))))
         crop = crop.resize((image.height, image.height), Image.BILINEAR)
-        tile = Image.new("RGB", (image.width + crop.width + 6, image.height))
-        tile.paste(image, (0, 0))
-        tile.paste(crop, (image.width + 6, 0))
-        tiles.append(tile)
-    sheet = Image.new("RGB", (max(t.width for t in tiles), sum(t.height + 6 for t in tiles)))
-    y = 0
-    for t in tiles:
-        sheet.paste(t, (0, y))
-        y += t.height + 6
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
-    return out
+        tiles.append(montage([image, crop], gap=6))
+    return save(montage(tiles, horizontal=False, gap=6), out)
 
 
 def main(argv: list[str] | None = None) -> None:

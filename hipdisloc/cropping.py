@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from hipdisloc.geometry import IMAGE_HALF_OF_SIDE, crop_square, dilate_box, image_half
 from hipdisloc.io import cache
+from hipdisloc.io.atomic import write_csv
 
 
 @dataclass(frozen=True)
@@ -86,16 +87,10 @@ def crop_all(prepared_dir: str | Path, out_dir: str | Path, candidates: dict[str
         record["crop_path"] = rel
         rows.append(record)
     crops = pd.DataFrame(rows)
-    _write_csv(crops, out / "crops.csv")
-    _write_csv(pd.DataFrame(excluded, columns=["image_id", "line", "path", "stage", "reason",
+    write_csv(crops, out / "crops.csv")
+    write_csv(pd.DataFrame(excluded, columns=["image_id", "line", "path", "stage", "reason",
                                                "detail"]), out / "crop_exclusions.csv")
     return crops
-
-
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
 
 
 def ground_truth_candidates(prepared_dir: str | Path, boxes_json: str | Path,

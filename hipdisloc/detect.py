@@ -41,8 +41,11 @@ def train_detector(cfg: DictConfig) -> dict:
     trainer = pl.Trainer(default_root_dir=out, logger=CSVLogger(out, name="logs"),
                          callbacks=[best], num_sanity_val_steps=0, log_every_n_steps=5,
                          **OmegaConf.to_container(cfg.trainer))
-    trainer.fit(model, dm)
-    ckpt = best.best_model_path or best.last_model_path
+    if cfg.get("evaluate_checkpoint"):  # test + export a checkpoint without training
+        ckpt = str(cfg.evaluate_checkpoint)
+    else:
+        trainer.fit(model, dm)
+        ckpt = best.best_model_path or best.last_model_path
     if ckpt:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
         model.load_state_dict(state)

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from hipdisloc.geometry import square_resize
 from hipdisloc.io import cache
+from hipdisloc.io.atomic import write_csv, write_text
 from hipdisloc.io.manifest import inclusion_exclusions, load_manifest
 from hipdisloc.io.radiograph import RASTER_SUFFIXES, RadiographError, read_radiograph
 from hipdisloc.stats import table1, table1_unlabelled, to_markdown
@@ -134,12 +135,6 @@ def _prepare_one(task: tuple[dict, PrepareSettings, str]) -> dict:
                 "detail": f"{type(err).__name__}: {err}"}
 
 
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
-
-
 GEOMETRY_COLUMNS = ["image_id", "source_hash", "cache_key", "cache_path", "orig_height",
                     "orig_width", "pad_top", "pad_left", "scale", "pixel_spacing_mm",
                     "photometric", "bits_stored"]
@@ -229,9 +224,9 @@ def prepare(out_dir: str | Path, settings: PrepareSettings, manifest: str | Path
         columns=["image_id"])
     prepared = candidates.drop(columns=["file"]).merge(geometry, on="image_id", how="inner")
     prepared = prepared.sort_values("line" if labelled else "image_id", kind="stable")
-    _write_csv(prepared, out / "prepared.csv")
+    write_csv(prepared, out / "prepared.csv")
     excluded = pd.DataFrame(exclusions, columns=EXCLUSION_COLUMNS)
-    _write_csv(excluded, out / "exclusions.csv")
+    write_csv(excluded, out / "exclusions.csv")
 
     (out / JOURNAL).unlink(missing_ok=True)  # everything it held is in prepared.csv now
     for stale in ("table1.csv", "table1.md"):
@@ -240,8 +235,8 @@ def prepare(out_dir: str | Path, settings: PrepareSettings, manifest: str | Path
         t1 = table1(prepared) if labelled else table1_unlabelled(prepared)
         caption = ("Cohort characteristics of the included images, by class." if labelled
                    else "Images prepared from a folder without labels.")
-        _write_csv(t1, out / "table1.csv")
-        (out / "table1.md").write_text(f"Table 1. {caption}\n\n" + to_markdown(t1))
+        write_csv(t1, out / "table1.csv")
+        write_text(out / "table1.md", f"Table 1. {caption}\n\n" + to_markdown(t1))
 
     summary = PrepareSummary(
         n_in=len(df), n_prepared=len(prepared), n_excluded=len(excluded),
@@ -252,7 +247,5 @@ def prepare(out_dir: str | Path, settings: PrepareSettings, manifest: str | Path
     record = {"summary": asdict(summary), "settings": asdict(settings),
               "manifest": str(manifest) if manifest else None,
               "images": str(images) if images else None}
-    tmp = out / ".prepare.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    tmp.replace(out / "prepare.json")
+    write_text(out / "prepare.json", json.dumps(record, indent=2, default=str))
     return summary

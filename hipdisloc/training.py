@@ -23,6 +23,7 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.tuner import Tuner
 
 from hipdisloc.data.classification import ClassificationDataModule, CropDataset
+from hipdisloc.io.atomic import write_csv, write_text
 from hipdisloc.metrics import confusion_metrics, select_checkpoint
 from hipdisloc.models.classifier import DislocationClassifier
 
@@ -137,7 +138,6 @@ def train_fold(crops_dir: str | Path, out_dir: str | Path, s: FoldSettings) -> d
     _fit(model, dm, s.full_epochs, out, "stage2_all", keep, s.trainer)
 
     history = pd.DataFrame(keep.history)
-    history.to_csv(out / "history.csv", index=False)
     chosen = select_checkpoint(history["auc"].tolist(), history["sensitivity"].tolist(),
                                s.sensitivity_floor)
     model.load_state_dict(keep.states[chosen.index])
@@ -167,8 +167,7 @@ def train_fold(crops_dir: str | Path, out_dir: str | Path, s: FoldSettings) -> d
                                 "patient": [patient_hash(p) for p in test["patient_id"]],
                                 "sex": test["sex"].to_numpy(),
                                 "dislocated": test["dislocated"].to_numpy(), "score": scores})
-    predictions.to_csv(out / "predictions.csv", index=False)
-    tmp = out / ".test_metrics.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2, default=float))
-    tmp.replace(out / "test_metrics.json")
+    write_csv(predictions, out / "predictions.csv")
+    write_csv(history, out / "history.csv")
+    write_text(out / "test_metrics.json", json.dumps(result, indent=2, default=float))
     return copy.deepcopy(result)

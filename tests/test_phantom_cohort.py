@@ -189,3 +189,15 @@ def test_an_occupied_out_dir_is_refused_or_replaced(small_phantom, tmp_path):
     listed = set(pd.read_csv(out / "manifest.csv")["path"])
     on_disk = {p.relative_to(out).as_posix() for p in (out / "dicom").rglob("*.dcm")}
     assert listed == on_disk  # nothing of the earlier cohort lingers
+
+
+def test_preview_draws_the_boxes(small_phantom, tmp_path):
+    from hipdisloc.phantom.preview import preview
+
+    root, _ = small_phantom
+    out = preview(root, tmp_path / "p.png", n=2, height=120)
+    picture = np.array(Image.open(out))
+    assert picture.shape[0] == 120 and picture.shape[1] > 200
+    red_or_blue = (picture[..., 0] > 200) & (picture[..., 1] < 120) | (
+        (picture[..., 2] > 200) & (picture[..., 0] < 120))
+    assert red_or_blue.sum() > 50  # box outlines in the side colours

@@ -30,6 +30,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
+from hipdisloc.io.atomic import write_csv, write_text
 from hipdisloc.phantom.anatomy import Implant, render, sample_scene
 from hipdisloc.phantom.dicom import write_radiograph
 from hipdisloc.phantom.population import CohortSettings, sample_cohort
@@ -184,12 +185,6 @@ def coco_of(results: list[dict], images: pd.DataFrame) -> dict:
     return coco
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 OUTPUT_FILES = ("manifest.csv", "boxes.json", "oracle.csv", "acquisition.csv", "phantom.json")
 OUTPUT_DIRS = ("dicom", "masks")
 
@@ -229,13 +224,12 @@ def generate(out_dir: str | Path, settings: CohortSettings, seed: int = 0,
         results = [_render_and_write(t) for t in tqdm(tasks, **bar)]
     elapsed = time.perf_counter() - start
 
-    manifest_of(images).to_csv(out / "manifest.csv.tmp", index=False)
-    (out / "manifest.csv.tmp").replace(out / "manifest.csv")
+    write_csv(manifest_of(images), out / "manifest.csv")
     oracle = oracle_of(thas, images, info["intercept"], settings.risk.latent_sd)
-    oracle.to_csv(out / "oracle.csv", index=False)
-    pd.DataFrame([r["acquisition"] for r in results]).sort_values("image_id").to_csv(
-        out / "acquisition.csv", index=False, float_format="%.6g")
-    _atomic_write(out / "boxes.json", json.dumps(coco_of(results, images), indent=1))
+    write_csv(oracle, out / "oracle.csv")
+    write_csv(pd.DataFrame([r["acquisition"] for r in results]).sort_values("image_id"),
+              out / "acquisition.csv", float_format="%.6g")
+    write_text(out / "boxes.json", json.dumps(coco_of(results, images), indent=1))
 
     included = oracle[oracle["included"] == 1]
     has_both = included["dislocated"].nunique() == 2
@@ -261,5 +255,5 @@ def generate(out_dir: str | Path, settings: CohortSettings, seed: int = 0,
     # Timing and location are not part of the cohort's bytes.
     record["summary"].pop("images_per_second")
     record["summary"].pop("out_dir")
-    _atomic_write(out / "phantom.json", json.dumps(record, indent=2, default=str))
+    write_text(out / "phantom.json", json.dumps(record, indent=2, default=str))
     return summary

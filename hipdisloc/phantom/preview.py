@@ -12,10 +12,10 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageDraw
 
 from hipdisloc.io.radiograph import read_radiograph
+from hipdisloc.pictures import montage, save, to_rgb
 
 BOX_COLOURS = {"R": (255, 80, 80), "L": (80, 200, 255)}
 
@@ -35,7 +35,7 @@ def preview(cohort_dir: Path, out: Path, n: int = 3, image_ids: list[str] | None
     tiles = []
     for im in images:
         pixels = read_radiograph(cohort_dir / im["path"]).image
-        tile = Image.fromarray(np.round(pixels * 255).astype(np.uint8)).convert("RGB")
+        tile = to_rgb(pixels)
         draw = ImageDraw.Draw(tile)
         for a in anns.get(im["id"], []):
             x, y, w, h = a["bbox"]
@@ -44,14 +44,7 @@ def preview(cohort_dir: Path, out: Path, n: int = 3, image_ids: list[str] | None
         draw.text((4, tile.height - 14), f"{im['file_name']} (synthetic)", fill=(255, 255, 0))
         scale = height / tile.height
         tiles.append(tile.resize((round(tile.width * scale), height), Image.BILINEAR))
-    sheet = Image.new("RGB", (sum(t.width for t in tiles) + 4 * (len(tiles) - 1), height))
-    x = 0
-    for t in tiles:
-        sheet.paste(t, (x, 0))
-        x += t.width + 4
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
-    return out
+    return save(montage(tiles), out)
 
 
 def main(argv: list[str] | None = None) -> None:
