@@ -44,7 +44,7 @@ def main(cfg: DictConfig) -> None:
         lr=float(cfg.model.lr), lr_finder=bool(cfg.model.lr_finder),
         lr_slice_ratio=float(cfg.model.lr_slice_ratio), threshold=float(cfg.model.threshold),
         sensitivity_floor=float(cfg.selection.sensitivity_floor),
-        oversample_val=bool(cfg.data.oversample_val),
+        oversample_val=bool(cfg.data.oversample_val), augment=str(cfg.data.augment),
         by_sex_prevalence=float(cfg.evaluation.by_sex_prevalence),
         trainer=OmegaConf.to_container(cfg.trainer),
     )

@@ -46,6 +46,7 @@ class FoldSettings:
     threshold: float = 0.5
     sensitivity_floor: float = 0.80
     oversample_val: bool = True
+    augment: str = "all"
     by_sex_prevalence: float = 0.02
     trainer: dict = field(default_factory=dict)
 
@@ -79,7 +80,7 @@ class SelectionRecorder(pl.Callback):
 def predict(model: torch.nn.Module, table: pd.DataFrame, root: Path,
             batch_size: int = 64) -> np.ndarray:
     """Scores of the rows of ``table`` (real prevalence, no augmentation)."""
-    ds = CropDataset(table, root, oversample=False, augment=False)
+    ds = CropDataset(table, root, oversample=False, augment="none")
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size)
     model.eval()
     with torch.no_grad():
@@ -115,7 +116,7 @@ def train_fold(crops_dir: str | Path, out_dir: str | Path, s: FoldSettings) -> d
     out, crops_dir = Path(out_dir), Path(crops_dir)
     out.mkdir(parents=True, exist_ok=True)
     dm = ClassificationDataModule(str(crops_dir), s.fold, s.n_folds, s.seed, s.batch_size,
-                                  s.num_workers, s.oversample_val)
+                                  s.num_workers, s.oversample_val, s.augment)
     dm.setup()
     model = DislocationClassifier(s.pretrained, s.pos_weight, s.lr, s.lr_slice_ratio,
                                   s.threshold)

@@ -53,20 +53,26 @@ def test_ddp_shards_are_disjoint_and_cover_the_epoch():
     assert list(sampler) != first and sorted(list(sampler)) == sorted(first)
 
 
-def test_copies_are_augmented_originals_are_not(crops):
+def test_training_augments_every_item_and_validation_none(crops):
     dm = ClassificationDataModule(str(crops), fold=0, n_folds=2, batch_size=4, num_workers=0)
     dm.setup()
     train = dm.subset("train")
-    ds = CropDataset(train, crops, oversample=True, augment=True)
+    ds = CropDataset(train, crops, oversample=True, augment="all")
     original = int(np.flatnonzero(~ds.is_copy)[0])
-    a, b = ds[original][0], ds[original][0]
-    assert torch.equal(a, b)
     copy = int(np.flatnonzero(ds.is_copy)[0])
-    assert not torch.equal(ds[copy][0], ds[copy][0])  # random flip / rotation / zoom
-    x = ds[original][0]
+    # originals and copies alike: "augmented" must not tell the classes apart
+    assert not torch.equal(ds[original][0], ds[original][0])
+    assert not torch.equal(ds[copy][0], ds[copy][0])
+    only_copies = CropDataset(train, crops, oversample=True, augment="copies")
+    assert torch.equal(only_copies[original][0], only_copies[original][0])
+    plain = CropDataset(train, crops, oversample=True, augment="none")
+    x = plain[original][0]
+    assert torch.equal(x, plain[original][0])
     assert abs(float(x.mean())) < 1e-4 and abs(float(x.std()) - 1) < 0.01  # per-image norm
-    fixed = CropDataset(train, crops, oversample=True, augment=True, fixed_augmentation=True)
-    assert torch.equal(fixed[copy][0], fixed[copy][0])  # validation copies do not wander
+    val = dm.val_dataloader().dataset
+    assert val.augment is None and val.is_copy.any()  # oversampled by exact duplicates
+    with pytest.raises(ValueError, match="augment must be one of"):
+        CropDataset(train, crops, oversample=False, augment="yes")
 
 
 def test_pretrained_weights_from_a_local_file_and_no_download(tmp_path):
