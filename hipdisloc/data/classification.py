@@ -1,0 +1,159 @@
+"""Classification data: THA crops of one fold, the minority class oversampled by index.
+
+Train (and, as in the paper, validation) epochs hold every normal image once and the dislocated
+images repeated until both classes are equal; repeats are indices, not files. Training images are
+augmented on the fly (horizontal flip, rotation +/-10 deg, zoom <= 10 %) -- every one of them,
+not only the copies: copies exist only for the dislocated class, so augmenting copies alone makes
+"augmented" (rotated corners, interpolation blur) a label shortcut. On the phantom that shortcut
+gave validation AUC 0.93 and test AUC 0.60 (experiments/README.md). Validation repeats are exact
+duplicates. The test subset stays at its real prevalence. Each rank of a DDP run gets a disjoint
+share of the oversampled epoch (:class:`OversampledSampler`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from hipdisloc.folds import assign_fold_groups, fold_subsets
+from hipdisloc.io import cache
+
+
+def oversampled_index(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row index, is_copy) of an epoch where the minority class matches the majority.
+
+    Every row appears once (is_copy False); minority rows are then repeated round-robin until
+    the classes are equal (is_copy True).
+    """
+    labels = np.asarray(labels).astype(int)
+    rows = np.arange(len(labels))
+    pos, neg = rows[labels == 1], rows[labels == 0]
+    minority, majority = (pos, neg) if len(pos) <= len(neg) else (neg, pos)
+    extra = len(majority) - len(minority)
+    copies = np.resize(minority, extra) if len(minority) and extra > 0 else np.zeros(0, int)
+    index = np.concatenate([rows, copies])
+    is_copy = np.concatenate([np.zeros(len(rows), bool), np.ones(len(copies), bool)])
+    return index, is_copy
+
+
+class OversampledSampler(Sampler):
+    """Positions 0..len-1 of an epoch, shuffled per epoch, split disjointly across ranks."""
+
+    def __init__(self, length: int, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
+                 seed: int = 0):
+        self.length, self.num_replicas, self.rank = length, num_replicas, rank
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+        self.per_rank = math.ceil(length / num_replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        order = (np.random.default_rng([self.seed, self.epoch]).permutation(self.length)
+                 if self.shuffle else np.arange(self.length))
+        padded = np.resize(order, self.per_rank * self.num_replicas)  # equal shares, as DDP needs
+        return iter(padded[self.rank::self.num_replicas].tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+
+def train_augmentation(zoom: float = 0.10, rotate: float = 10.0) -> A.Compose:
+    return A.Compose([A.HorizontalFlip(p=0.5),
+                      A.Affine(scale=(1.0, 1.0 + zoom), rotate=(-rotate, rotate), p=1.0)])
+
+
+def normalise(image: np.ndarray) -> np.ndarray:
+    """Per-image mean/std normalisation (the paper)."""
+    return (image - image.mean()) / (image.std() + 1e-6)
+
+
+AUGMENT_CHOICES = ("all", "copies", "none")
+
+
+class CropDataset(Dataset):
+    """Items: (image float32 (3, S, S), label float32, position in the epoch).
+
+    ``augment``: ``all`` (every item, random), ``copies`` (only the oversampled repeats: a label
+    shortcut, kept for ablations) or ``none``.
+    """
+
+    def __init__(self, table: pd.DataFrame, root: str | Path, oversample: bool,
+                 augment: str = "none"):
+        if augment not in AUGMENT_CHOICES:
+            raise ValueError(f"augment must be one of {AUGMENT_CHOICES}, got {augment!r}")
+        self.table = table.reset_index(drop=True)
+        self.root = Path(root)
+        labels = self.table["dislocated"].to_numpy()
+        if oversample:
+            self.index, self.is_copy = oversampled_index(labels)
+        else:
+            self.index, self.is_copy = np.arange(len(labels)), np.zeros(len(labels), bool)
+        self.augment = train_augmentation() if augment != "none" else None
+        self.augment_copies_only = augment == "copies"
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, position: int):
+        row = self.table.iloc[self.index[position]]
+        image = cache.decode(np.asarray(cache.load(self.root / row["crop_path"])))
+        if self.augment is not None and (self.is_copy[position]
+                                         or not self.augment_copies_only):
+            image = self.augment(image=image)["image"]
+        tensor = torch.from_numpy(normalise(image).astype(np.float32))[None].expand(3, -1, -1)
+        return tensor.contiguous(), torch.tensor(float(row["dislocated"])), position
+
+
+class ClassificationDataModule(pl.LightningDataModule):
+    def __init__(self, crops_dir: str, fold: int, n_folds: int = 10, seed: int = 0,
+                 batch_size: int = 16, num_workers: int = 2, oversample_val: bool = True,
+                 augment: str = "all"):
+        super().__init__()
+        self.crops_dir = Path(crops_dir)
+        self.fold, self.n_folds, self.seed = fold, n_folds, seed
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.oversample_val = oversample_val
+        self.augment = augment
+        self.table: pd.DataFrame | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.table is not None:
+            return
+        crops = pd.read_csv(self.crops_dir / "crops.csv", dtype={"image_id": str})
+        crops = crops[crops["crop_path"].notna() & (crops["crop_path"] != "")]
+        groups = assign_fold_groups(crops, self.n_folds, self.seed)
+        crops = crops.assign(group=crops["patient_id"].map(groups),
+                             subset=fold_subsets(crops, groups, self.fold, self.seed))
+        self.table = crops.reset_index(drop=True)
+
+    def subset(self, name: str) -> pd.DataFrame:
+        return self.table[self.table["subset"] == name]
+
+    def _loader(self, name: str) -> DataLoader:
+        train = name == "train"
+        oversample = train or (name == "val" and self.oversample_val)
+        ds = CropDataset(self.subset(name), self.crops_dir, oversample=oversample,
+                         augment=self.augment if train else "none")
+        trainer = getattr(self, "trainer", None)
+        replicas = trainer.world_size if trainer is not None else 1
+        rank = trainer.global_rank if trainer is not None else 0
+        sampler = OversampledSampler(len(ds), replicas, rank, shuffle=train, seed=self.seed)
+        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
