@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,9 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from hipdisloc.io.radiograph import RadiographError, read_radiograph
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "ddh-xray-dicom"
+# The project's shared/ folder sits beside the checkout (as on CI); HIPDISLOC_SHARED overrides.
+SHARED = Path(os.environ.get("HIPDISLOC_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+REAL = SHARED / "data" / "real" / "ddh-xray-dicom"
 DDH_FILES = sorted(REAL.glob("*.dcm"))
 
 
@@ -25,7 +28,7 @@ def pydicom_data_file(name: str) -> str:
 
 
 def test_the_ten_real_ddh_dicoms_are_present():
-    assert len(DDH_FILES) == 10
+    assert len(DDH_FILES) == 10, f"expected the ten DDH DICOMs in {REAL} (set HIPDISLOC_SHARED)"
 
 
 @pytest.mark.parametrize("path", DDH_FILES, ids=lambda p: p.name)
