@@ -29,8 +29,9 @@ echo "== 4/4 crop: THA-side box, dilated 10 % sup/med/lat, 224 px -> $out/crops"
 
 cat <<MSG
 
-The demo stops here: phantom, prepare, detect and crop are the stages implemented so far.
-Not yet implemented (open issues): train (10-fold ResNet18), report, predict.
+The demo stops here: phantom, prepare, detect and crop are the stages it runs so far.
+One fold of the classifier can be trained by hand (python -m hipdisloc.train, see the README);
+the 10-fold sweep with DDP/W&B, the report and predict are open issues.
 Look at: $out/phantom_preview.png, $out/prepared/table1.md, $out/detector/detector_metrics.json,
 $out/crop_preview.png, $out/crops/crops.csv
 MSG
