@@ -22,3 +22,20 @@ def small_phantom(tmp_path_factory):
     assert summary.n_included_images < summary.n_images
     return out, summary
 
+
+
+def prepare_and_crop(cohort, out, image_size: int, crop_size: int, drop: int = 0):
+    """Prepare a phantom cohort and crop it with its ground-truth boxes (the first ``drop``
+    images lose their box). Returns (crops table, dropped image ids)."""
+    from hipdisloc.cropping import CropSettings, crop_all, ground_truth_candidates
+    from hipdisloc.preparation import PrepareSettings, prepare
+
+    prepare(out / "prepared", PrepareSettings(image_size=image_size, workers=1),
+            manifest=cohort / "manifest.csv", progress=False)
+    candidates = ground_truth_candidates(out / "prepared", cohort / "boxes.json", image_size)
+    dropped = sorted(candidates)[:drop]
+    for image_id in dropped:
+        del candidates[image_id]
+    crops = crop_all(out / "prepared", out / "crops", candidates, "ground_truth",
+                     CropSettings(crop_size=crop_size), progress=False)
+    return crops, dropped

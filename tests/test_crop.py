@@ -7,15 +7,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from hipdisloc.cropping import (
-    CropSettings,
-    choose_tha_box,
-    crop_all,
-    ground_truth_candidates,
-)
+from hipdisloc.cropping import choose_tha_box
 from hipdisloc.geometry import crop_square, square_resize
 from hipdisloc.io import cache
-from hipdisloc.preparation import PrepareSettings, prepare
+from tests.conftest import prepare_and_crop
 
 LEFT_HIP = (10.0, 40.0, 45.0, 80.0)  # on the image left: the patient's right hip
 RIGHT_HIP = (60.0, 40.0, 95.0, 80.0)
@@ -39,14 +34,8 @@ def test_missing_or_wrong_side_boxes_are_flagged_not_dropped():
 def cropped(small_phantom, tmp_path_factory):
     root, _ = small_phantom
     out = tmp_path_factory.mktemp("cropstage")
-    prepare(out / "prepared", PrepareSettings(image_size=128, workers=1),
-            manifest=root / "manifest.csv", progress=False)
-    candidates = ground_truth_candidates(out / "prepared", root / "boxes.json", 128)
-    some = sorted(candidates)[0]
-    del candidates[some]  # one image whose box went missing
-    crops = crop_all(out / "prepared", out / "crops", candidates, "ground_truth",
-                     CropSettings(crop_size=64), progress=False)
-    return root, out, crops, some
+    crops, dropped = prepare_and_crop(root, out, 128, 64, drop=1)  # one box went missing
+    return root, out, crops, dropped[0]
 
 
 def test_every_row_is_cropped_or_listed(cropped):

@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 import torch
 
-from hipdisloc.cropping import CropSettings, crop_all, ground_truth_candidates
 from hipdisloc.data.classification import (
     ClassificationDataModule,
     CropDataset,
@@ -17,20 +16,16 @@ from hipdisloc.data.classification import (
     oversampled_index,
 )
 from hipdisloc.models.classifier import DislocationClassifier, resnet18
-from hipdisloc.preparation import PrepareSettings, prepare
 from hipdisloc.train import expand_ranges
 from hipdisloc.training import FoldSettings, sample_at_prevalence, train_fold
+from tests.conftest import prepare_and_crop
 
 
 @pytest.fixture(scope="module")
 def crops(small_phantom, tmp_path_factory):
     root, _ = small_phantom
     out = tmp_path_factory.mktemp("train")
-    prepare(out / "prepared", PrepareSettings(image_size=96, workers=1),
-            manifest=root / "manifest.csv", progress=False)
-    cands = ground_truth_candidates(out / "prepared", root / "boxes.json", 96)
-    crop_all(out / "prepared", out / "crops", cands, "ground_truth", CropSettings(crop_size=48),
-             progress=False)
+    prepare_and_crop(root, out, 96, 48)
     return out / "crops"
 
 
