@@ -72,8 +72,7 @@ class SelectionRecorder(pl.Callback):
                              "auc": float(m.get("val/auc", float("nan"))),
                              "sensitivity": float(m.get("val/sensitivity", float("nan"))),
                              "specificity": float(m.get("val/specificity", float("nan"))),
-                             "val_loss": float(m.get("val/loss", float("nan"))),
-                             "train_loss": float(m.get("train/loss", float("nan")))})
+                             "val_loss": float(m.get("val/loss", float("nan")))})
         self.states.append({k: v.detach().cpu().clone() for k, v in module.state_dict().items()})
 
 
