@@ -8,7 +8,6 @@ and female-only samples at 2 % prevalence under ``by_sex``).
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -170,4 +169,4 @@ def train_fold(crops_dir: str | Path, out_dir: str | Path, s: FoldSettings) -> d
     write_csv(predictions, out / "predictions.csv")
     write_csv(history, out / "history.csv")
     write_text(out / "test_metrics.json", json.dumps(result, indent=2, default=float))
-    return copy.deepcopy(result)
+    return result
