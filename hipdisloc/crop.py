@@ -5,13 +5,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from hipdisloc.cropping import CropSettings, crop_all, detector_candidates, ground_truth_candidates
+from hipdisloc.cropping import CropSettings, crop_stage
 from hipdisloc.paths import CONFIG_DIR
 
 
@@ -19,24 +18,12 @@ from hipdisloc.paths import CONFIG_DIR
 def main(cfg: DictConfig) -> None:
     settings = CropSettings(crop_size=int(cfg.crop_size), dilation=float(cfg.dilation),
                             min_score=float(cfg.min_score), cache_dtype=str(cfg.cache_dtype))
-    prepare_record = json.loads(open(f"{cfg.prepared_dir}/prepare.json").read())
-    cache_size = int(prepare_record["settings"]["image_size"])
-    if cfg.boxes_from == "ground_truth":
-        if not cfg.boxes:
-            sys.exit("crop: boxes_from=ground_truth needs boxes=COCO.json")
-        candidates = ground_truth_candidates(cfg.prepared_dir, cfg.boxes, cache_size)
-    elif cfg.boxes_from == "detector":
-        import torch
-
-        from hipdisloc.detect import load_detector
-
-        saved = torch.load(cfg.detector, map_location="cpu", weights_only=True)
-        candidates = detector_candidates(load_detector(cfg.detector), cfg.prepared_dir,
-                                         int(saved["input_size"]), cache_size,
-                                         int(cfg.batch_size))
-    else:
-        sys.exit(f"crop: boxes_from must be detector or ground_truth, not {cfg.boxes_from!r}")
-    crops = crop_all(cfg.prepared_dir, cfg.out_dir, candidates, str(cfg.boxes_from), settings)
+    try:
+        crops = crop_stage(cfg.prepared_dir, cfg.out_dir, str(cfg.boxes_from), settings,
+                           detector=cfg.detector, boxes=cfg.boxes,
+                           batch_size=int(cfg.batch_size))
+    except ValueError as err:
+        sys.exit(f"crop: {err}")
     n_ok = int((crops["crop_path"] != "").sum())
     flagged = crops["qc_flags"].fillna("").str.split(";").explode().value_counts()
     flagged = flagged[flagged.index != ""]

@@ -10,6 +10,7 @@ usable box get no crop and are listed in ``crop_exclusions.csv``: nothing is sil
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,3 +125,31 @@ def detector_candidates(model, prepared_dir: str | Path, input_size: int, cache_
                                     strict=True):
                 out[sample.img_id] = (pred["boxes"].numpy() * scale, pred["scores"].numpy())
     return out
+
+
+def crop_stage(prepared_dir: str | Path, out_dir: str | Path, boxes_from: str,
+               settings: CropSettings, detector: str | Path | None = None,
+               boxes: str | Path | None = None, batch_size: int = 8,
+               progress: bool = True) -> pd.DataFrame:
+    """The whole crop stage: boxes from the detector checkpoint or the ground-truth COCO file,
+    then :func:`crop_all`."""
+    record = json.loads((Path(prepared_dir) / "prepare.json").read_text())
+    cache_size = int(record["settings"]["image_size"])
+    if boxes_from == "ground_truth":
+        if not boxes:
+            raise ValueError("boxes_from=ground_truth needs boxes=COCO.json")
+        candidates = ground_truth_candidates(prepared_dir, boxes, cache_size)
+    elif boxes_from == "detector":
+        if not detector or not Path(detector).is_file():
+            raise ValueError(f"boxes_from=detector needs a detector checkpoint; {detector!r} "
+                             "is not a file")
+        import torch
+
+        from hipdisloc.detect import load_detector
+
+        saved = torch.load(detector, map_location="cpu", weights_only=True)
+        candidates = detector_candidates(load_detector(detector), prepared_dir,
+                                         int(saved["input_size"]), cache_size, batch_size)
+    else:
+        raise ValueError(f"boxes_from must be detector or ground_truth, not {boxes_from!r}")
+    return crop_all(prepared_dir, out_dir, candidates, boxes_from, settings, progress=progress)

@@ -1,20 +1,28 @@
 """``python -m hipdisloc.train fold=0`` (one fold) or ``fold=0..9 -m`` (the 10-fold study).
 
 ``A..B`` ranges are expanded to Hydra's comma lists before Hydra parses the command line, so
-the paper's command works exactly as written; ``range(0,10)`` and ``0,1,2`` work too.
+the paper's command works exactly as written; ``range(0,10)`` and ``0,1,2`` work too. Stages
+upstream of training run first when their outputs are missing (:mod:`hipdisloc.pipeline`).
+At the end of a sweep, Tables 2 and 3 are written to the sweep folder (:mod:`hipdisloc.sweep`).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import re
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from hipdisloc.paths import CONFIG_DIR
 
+log = logging.getLogger("hipdisloc.train")
 RANGE = re.compile(r"^([\w.+~/-]+)=(-?\d+)\.\.(-?\d+)$")
+DDP_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def expand_ranges(argv: list[str]) -> list[str]:
@@ -30,32 +38,94 @@ def expand_ranges(argv: list[str]) -> list[str]:
     return out
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
+def normalise_argv(argv: list[str]) -> list[str]:
+    """Ranges expanded, and ``-m``/``--multirun`` moved before the overrides: Hydra's parser
+    drops overrides that follow the flag (``fold=0,1 -m trainer=ddp_cpu``)."""
+    flags = [a for a in argv[1:] if a in ("-m", "--multirun")]
+    rest = [a for a in argv[1:] if a not in ("-m", "--multirun")]
+    return [argv[0], *flags[:1], *expand_ranges(rest)]
 
-    from hipdisloc.training import FoldSettings, train_fold
 
-    s = FoldSettings(
+def fold_settings(cfg: DictConfig):
+    from hipdisloc.training import FoldSettings
+
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    return FoldSettings(
         fold=int(cfg.fold), n_folds=int(cfg.n_folds), seed=int(cfg.seed),
         head_epochs=int(cfg.schedule.head_epochs), full_epochs=int(cfg.schedule.full_epochs),
         batch_size=int(cfg.schedule.batch_size), num_workers=int(cfg.data.num_workers),
+        pin_memory=bool(cfg.data.pin_memory),
         pretrained=str(cfg.model.pretrained), pos_weight=float(cfg.model.pos_weight),
         lr=float(cfg.model.lr), lr_finder=bool(cfg.model.lr_finder),
         lr_slice_ratio=float(cfg.model.lr_slice_ratio), threshold=float(cfg.model.threshold),
-        sensitivity_floor=float(cfg.selection.sensitivity_floor),
+        sensitivity_floor=float(cfg.callbacks.selection.sensitivity_floor),
         oversample_val=bool(cfg.data.oversample_val), augment=str(cfg.data.augment),
         by_sex_prevalence=float(cfg.evaluation.by_sex_prevalence),
-        trainer=OmegaConf.to_container(cfg.trainer),
+        resume=bool(cfg.callbacks.resume), trainer=trainer,
     )
-    out = HydraConfig.get().runtime.output_dir
-    r = train_fold(cfg.crops_dir, out, s)
-    print(f"fold {r['fold']} -> {out}/test_metrics.json\n"
-          f"  test: {r['n_images']} images ({r['n_positive']} positive), AUC {r['auc']:.3f}, "
-          f"sensitivity {r['sensitivity']:.3f}, specificity {r['specificity']:.3f}, "
-          f"NPV {r['npv']:.3f}\n  {r['selection']['rule']}")
+
+
+def _this_job_only() -> None:
+    """Lightning's DDP launcher starts the other ranks with ``sys.argv``: in a multirun job that
+    would be the whole sweep again. Give it this job's own overrides instead."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        sys.argv = [sys.argv[0], *hc.overrides.task]
+
+
+def _restore_environment(before: dict) -> None:
+    """After a DDP job: drop the process group and the variables Lightning set, so the next
+    job of a sequential sweep starts its own ranks instead of waiting for old ones."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    for key in DDP_ENV:
+        if key in before:
+            os.environ[key] = before[key]
+        else:
+            os.environ.pop(key, None)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def main(cfg: DictConfig) -> dict | None:
+    from hydra.core.hydra_config import HydraConfig
+    from pytorch_lightning.utilities import rank_zero_only
+
+    from hipdisloc.tracking import FoldTracker
+
+    out = Path(HydraConfig.get().runtime.output_dir)
+    done = out / "test_metrics.json"
+    if cfg.callbacks.skip_finished and done.is_file():
+        log.info("fold %s: %s exists, skipped (callbacks.skip_finished=false retrains)",
+                 cfg.fold, done)
+        return json.loads(done.read_text())
+    _this_job_only()
+    env_before = {k: os.environ[k] for k in DDP_ENV if k in os.environ}
+    tracker = None
+    try:
+        from hipdisloc.pipeline import ensure_upstream
+        from hipdisloc.training import train_fold
+
+        crops = ensure_upstream(cfg)
+        tracker = FoldTracker.from_config(cfg, out)
+        r = train_fold(crops, out, fold_settings(cfg), loggers=tracker.loggers)
+        if rank_zero_only.rank == 0:
+            tracker.log_fold_result(r, out, crops)
+            print(f"fold {r['fold']} -> {out}/test_metrics.json\n"
+                  f"  test: {r['n_images']} images ({r['n_positive']} positive), AUC "
+                  f"{r['auc']:.3f}, sensitivity {r['sensitivity']:.3f}, specificity "
+                  f"{r['specificity']:.3f}, NPV {r['npv']:.3f}\n  {r['selection']['rule']}")
+        return r
+    finally:
+        if tracker is not None:
+            tracker.finish()
+        _restore_environment(env_before)
 
 
 if __name__ == "__main__":
-    sys.argv = expand_ranges(sys.argv)
+    sys.argv = normalise_argv(sys.argv)
     main()

@@ -1,15 +1,21 @@
 """Train and evaluate one fold: two-stage ResNet18, the paper's selection rule, test metrics.
 
-Writes to the fold's run directory: ``checkpoints/selected.pt`` (plain state dict), ``history.csv``
-(validation AUC / sensitivity per epoch and stage), ``predictions.csv`` (test images at real
-prevalence, with hashed patient ids), ``test_metrics.json`` (DESIGN.md section 2, with the male-
-and female-only samples at 2 % prevalence under ``by_sex``).
+Writes to the fold's run directory: ``checkpoints/selected.pt`` (plain state dict),
+``history.csv`` (validation AUC / sensitivity per epoch and stage), ``predictions.csv`` (test
+images at real prevalence, hashed patient ids), ``test_metrics.json`` (DESIGN.md section 2, with
+the male- and female-only samples at 2 % prevalence under ``by_sex``), and Lightning's CSV logs.
+
+Resumable: every epoch leaves ``checkpoints/<stage>/last.ckpt``, the validation history and the
+two weights the selection rule can still pick (best qualified, best overall) on disk, so the same
+command after a kill continues from the last finished epoch. DDP-safe: every rank runs this code,
+the test step gathers all ranks' predictions, and only global rank 0 writes files.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +24,17 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.tuner import Tuner
+from pytorch_lightning.utilities import rank_zero_only
 
 from hipdisloc.data.classification import ClassificationDataModule, CropDataset
 from hipdisloc.io.atomic import write_csv, write_text
-from hipdisloc.metrics import confusion_metrics, select_checkpoint
+from hipdisloc.metrics import Selection, confusion_metrics
 from hipdisloc.models.classifier import DislocationClassifier
+
+STAGES = ("stage1_head", "stage2_all")
 
 
 @dataclass
@@ -36,6 +46,7 @@ class FoldSettings:
     full_epochs: int = 5
     batch_size: int = 16
     num_workers: int = 2
+    pin_memory: bool = False
     pretrained: str = "none"
     pos_weight: float = 25.0
     lr: float = 1e-4
@@ -47,6 +58,7 @@ class FoldSettings:
     oversample_val: bool = True
     augment: str = "all"
     by_sex_prevalence: float = 0.02
+    resume: bool = True
     trainer: dict = field(default_factory=dict)
 
 
@@ -55,29 +67,71 @@ def patient_hash(patient_id: str, salt: str | None = None) -> str:
     return hashlib.sha256(f"{salt}:{patient_id}".encode()).hexdigest()[:12]
 
 
-class SelectionRecorder(pl.Callback):
-    """After each validation: the epoch's validation AUC and sensitivity, and the weights the
-    selection rule may pick (kept in memory: a ResNet18 is 45 MB)."""
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else -math.inf
 
-    def __init__(self):
+
+class SelectionRecorder(pl.Callback):
+    """After each validation: the epoch's validation metrics, and on disk the two weights the
+    selection rule may still pick: the best qualified (sensitivity >= floor) and the best
+    overall (its fallback). Same tie-break as :func:`select_checkpoint` (the first maximum).
+    """
+
+    def __init__(self, folder: Path, floor: float):
+        self.folder, self.floor = Path(folder), floor
         self.history: list[dict] = []
-        self.states: list[dict] = []
+        self.best: dict[str, dict | None] = {"qualified": None, "any": None}
+        record = self.folder / "selection.json"
+        if record.is_file():  # resuming
+            saved = json.loads(record.read_text())
+            self.history, self.best = saved["history"], saved["best"]
 
     def on_validation_end(self, trainer, module) -> None:  # after the module's epoch-end hook
         if trainer.sanity_checking:
             return
         m = trainer.callback_metrics
-        self.history.append({"stage": module.stage, "epoch": trainer.current_epoch,
-                             "auc": float(m.get("val/auc", float("nan"))),
-                             "sensitivity": float(m.get("val/sensitivity", float("nan"))),
-                             "specificity": float(m.get("val/specificity", float("nan"))),
-                             "val_loss": float(m.get("val/loss", float("nan")))})
-        self.states.append({k: v.detach().cpu().clone() for k, v in module.state_dict().items()})
+        row = {"stage": module.stage, "epoch": trainer.current_epoch,
+               "auc": float(m.get("val/auc", float("nan"))),
+               "sensitivity": float(m.get("val/sensitivity", float("nan"))),
+               "specificity": float(m.get("val/specificity", float("nan"))),
+               "val_loss": float(m.get("val/loss", float("nan")))}
+        # a resumed epoch replaces the row of its interrupted first attempt
+        self.history = [h for h in self.history
+                        if (h["stage"], h["epoch"]) != (row["stage"], row["epoch"])]
+        self.history.append(row)
+        index = len(self.history) - 1
+        auc = _finite(row["auc"])
+        update = []
+        if row["sensitivity"] >= self.floor and (
+                self.best["qualified"] is None or auc > self.best["qualified"]["auc"]):
+            update.append("qualified")
+        if self.best["any"] is None or auc > self.best["any"]["auc"]:
+            update.append("any")
+        for kind in update:
+            self.best[kind] = {"index": index, "auc": auc}
+        if trainer.is_global_zero:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            state = None
+            for kind in update:
+                state = state or {k: v.detach().cpu() for k, v in module.state_dict().items()}
+                tmp = self.folder / f".{kind}.pt.tmp"
+                torch.save(state, tmp)
+                os.replace(tmp, self.folder / f"candidate_{kind}.pt")
+            write_text(self.folder / "selection.json",
+                       json.dumps({"history": self.history, "best": self.best}, default=float))
+
+    def selected_state(self) -> tuple[dict, Selection]:
+        """The weights the rule picks: the best qualified epoch, else the best overall."""
+        qualified = self.best["qualified"] is not None
+        best = self.best["qualified" if qualified else "any"]
+        state = torch.load(self.folder / f"candidate_{'qualified' if qualified else 'any'}.pt",
+                           map_location="cpu", weights_only=True)
+        return state, Selection(int(best["index"]), qualified)
 
 
 def predict(model: torch.nn.Module, table: pd.DataFrame, root: Path,
             batch_size: int = 64) -> np.ndarray:
-    """Scores of the rows of ``table`` (real prevalence, no augmentation)."""
+    """Scores of the rows of ``table`` (real prevalence, no augmentation), in one process."""
     ds = CropDataset(table, root, oversample=False, augment="none")
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size)
     model.eval()
@@ -99,57 +153,126 @@ def sample_at_prevalence(table: pd.DataFrame, prevalence: float, seed: int) -> p
     return table.loc[np.sort(take)]
 
 
-def _fit(model, dm, epochs: int, out: Path, name: str, keep: SelectionRecorder,
-         trainer_kwargs: dict) -> pl.Trainer:
-    trainer = pl.Trainer(max_epochs=epochs, default_root_dir=out, callbacks=[keep],
-                         logger=CSVLogger(out, name="logs", version=name),
-                         enable_checkpointing=False, num_sanity_val_steps=0,
-                         use_distributed_sampler=False, log_every_n_steps=10, **trainer_kwargs)
-    trainer.fit(model, dm)
-    return trainer
+class FoldRun:
+    """One fold's training, in the order the paper describes; each step resumable."""
+
+    def __init__(self, crops_dir: Path, out: Path, s: FoldSettings,
+                 loggers: list[Logger] | None = None):
+        self.crops_dir, self.out, self.s = crops_dir, out, s
+        self.ckpt_dir = out / "checkpoints"
+        self.extra_loggers = loggers or []
+        self.dm = ClassificationDataModule(str(crops_dir), s.fold, s.n_folds, s.seed,
+                                           s.batch_size, s.num_workers, s.oversample_val,
+                                           s.augment, pin_memory=s.pin_memory)
+        self.dm.setup()
+        self.model = DislocationClassifier(s.pretrained, s.pos_weight, s.lr, s.lr_slice_ratio,
+                                           s.threshold)
+        if not s.resume and rank_zero_only.rank == 0:
+            for stale in ("selection.json", "progress.json"):
+                (self.ckpt_dir / stale).unlink(missing_ok=True)
+            for stage in STAGES:
+                (self.ckpt_dir / stage / "last.ckpt").unlink(missing_ok=True)
+        self.recorder = SelectionRecorder(self.ckpt_dir, s.sensitivity_floor)
+        progress = self.ckpt_dir / "progress.json"
+        self.progress = json.loads(progress.read_text()) if progress.is_file() else {}
+
+    def _save_progress(self, **values) -> None:
+        self.progress.update(values)
+        if rank_zero_only.rank == 0:
+            write_text(self.ckpt_dir / "progress.json", json.dumps(self.progress))
+
+    def _trainer(self, stage: str, epochs: int, **extra) -> pl.Trainer:
+        last = ModelCheckpoint(dirpath=self.ckpt_dir / stage, save_last=True, save_top_k=0,
+                               save_weights_only=False)
+        loggers = [CSVLogger(self.out, name="logs", version=stage), *self.extra_loggers]
+        return pl.Trainer(max_epochs=epochs, default_root_dir=self.out,
+                          callbacks=[self.recorder, last], logger=loggers,
+                          num_sanity_val_steps=0, use_distributed_sampler=False,
+                          log_every_n_steps=10, **{**self.s.trainer, **extra})
+
+    def _fit(self, stage: str, epochs: int) -> pl.Trainer:
+        last = self.ckpt_dir / stage / "last.ckpt"
+        resume = str(last) if self.s.resume and last.is_file() else None
+        trainer = self._trainer(stage, epochs)
+        trainer.fit(self.model, self.dm, ckpt_path=resume)
+        return trainer
+
+    def stage1(self) -> None:
+        self.model.freeze_backbone()
+        if self.progress.get("stage1_done"):
+            return
+        self._fit(STAGES[0], self.s.head_epochs)
+        self._save_progress(stage1_done=True)
+
+    def lr_for_stage2(self) -> float:
+        if "top_lr" in self.progress:
+            return float(self.progress["top_lr"])
+        top_lr = self.s.lr
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if self.s.lr_finder and (rank_zero_only.rank == 0 or not distributed):
+            # one process on one device; under DDP rank 0 finds the rate and broadcasts it
+            single = {k: v for k, v in self.s.trainer.items() if k in ("accelerator",)}
+            finder = Tuner(pl.Trainer(default_root_dir=self.out / f".lr_find{rank_zero_only.rank}",
+                                      logger=False, enable_checkpointing=False,
+                                      use_distributed_sampler=False, devices=1,
+                                      enable_progress_bar=False, **single)
+                           ).lr_find(self.model, datamodule=self.dm, min_lr=1e-6, max_lr=1e-2,
+                                     num_training=self.s.lr_finder_steps, update_attr=False)
+            top_lr = float(finder.suggestion() or self.s.lr) if finder is not None else top_lr
+        if self.s.lr_finder and distributed:
+            shared = [top_lr]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            top_lr = float(shared[0])
+        self._save_progress(top_lr=top_lr)
+        return top_lr
+
+    def stage2(self, top_lr: float) -> pl.Trainer:
+        self.model.unfreeze()
+        self.model.hparams.lr = top_lr
+        resumed = (self.ckpt_dir / STAGES[1] / "last.ckpt").is_file() and self.s.resume
+        stage1_last = self.ckpt_dir / STAGES[0] / "last.ckpt"
+        if not resumed and self.progress.get("stage1_done") and stage1_last.is_file():
+            state = torch.load(stage1_last, map_location="cpu", weights_only=False)
+            self.model.load_state_dict(state["state_dict"])  # stage 1 ran in an earlier process
+        return self._fit(STAGES[1], self.s.full_epochs)
+
+    def evaluate(self, trainer_args: dict) -> dict[str, np.ndarray]:
+        """Scores of the test half and of every non-training image, through the Lightning
+        test step (DDP: each rank a disjoint share, gathered)."""
+        out = {}
+        for subset in ("test", "non_training"):
+            self.dm.evaluate_subset = subset
+            tester = pl.Trainer(logger=False, enable_checkpointing=False,
+                                use_distributed_sampler=False, default_root_dir=self.out,
+                                **trainer_args)
+            tester.test(self.model, datamodule=self.dm, verbose=False)
+            out[subset] = self.model.last_predictions["score"]
+        return out
 
 
-def train_fold(crops_dir: str | Path, out_dir: str | Path, s: FoldSettings) -> dict:
+def train_fold(crops_dir: str | Path, out_dir: str | Path, s: FoldSettings,
+               loggers: list[Logger] | None = None) -> dict:
     pl.seed_everything(s.seed + s.fold, workers=True)
     out, crops_dir = Path(out_dir), Path(crops_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dm = ClassificationDataModule(str(crops_dir), s.fold, s.n_folds, s.seed, s.batch_size,
-                                  s.num_workers, s.oversample_val, s.augment)
-    dm.setup()
-    model = DislocationClassifier(s.pretrained, s.pos_weight, s.lr, s.lr_slice_ratio,
-                                  s.threshold)
-    keep = SelectionRecorder()
+    run = FoldRun(crops_dir, out, s, loggers)
+    if s.head_epochs > 0:
+        run.stage1()
+    else:
+        run._save_progress(stage1_done=True)
+    top_lr = run.lr_for_stage2()
+    second = run.stage2(top_lr)
 
-    model.freeze_backbone()
-    _fit(model, dm, s.head_epochs, out, "stage1_head", keep, s.trainer)
-    model.unfreeze()
-    top_lr = s.lr
-    if s.lr_finder:
-        finder_trainer = pl.Trainer(default_root_dir=out, logger=False,
-                                    enable_checkpointing=False, use_distributed_sampler=False,
-                                    **{k: v for k, v in s.trainer.items()
-                                       if k in ("accelerator", "devices")})
-        finder = Tuner(finder_trainer).lr_find(model, datamodule=dm, min_lr=1e-6, max_lr=1e-2,
-                                               num_training=s.lr_finder_steps,
-                                               update_attr=False)
-        top_lr = float(finder.suggestion() or s.lr) if finder is not None else s.lr
-        model.hparams.lr = top_lr
-    _fit(model, dm, s.full_epochs, out, "stage2_all", keep, s.trainer)
-
-    history = pd.DataFrame(keep.history)
-    chosen = select_checkpoint(history["auc"].tolist(), history["sensitivity"].tolist(),
-                               s.sensitivity_floor)
-    model.load_state_dict(keep.states[chosen.index])
-    ckpt_dir = out / "checkpoints"
-    ckpt_dir.mkdir(exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), "hparams": dict(model.hparams)},
-               ckpt_dir / "selected.pt")
-
+    state, chosen = run.recorder.selected_state()
+    run.model.load_state_dict(state)
+    trainer_args = {k: v for k, v in s.trainer.items()
+                    if k in ("accelerator", "devices", "num_nodes", "strategy", "precision")}
+    scores = run.evaluate(trainer_args)
+    dm, history = run.dm, pd.DataFrame(run.recorder.history)
     test = dm.subset("test")
-    scores = predict(model, test, crops_dir)
-    metrics = confusion_metrics(test["dislocated"], scores, s.threshold)
+    metrics = confusion_metrics(test["dislocated"], scores["test"], s.threshold)
     non_training = dm.table[dm.table["subset"] != "train"]
-    non_training = non_training.assign(score=predict(model, non_training, crops_dir))
+    non_training = non_training.assign(score=scores["non_training"])
     by_sex = {}
     for sex, label in (("M", "male"), ("F", "female")):
         sample = sample_at_prevalence(non_training[non_training["sex"] == sex],
@@ -159,14 +282,20 @@ def train_fold(crops_dir: str | Path, out_dir: str | Path, s: FoldSettings) -> d
               "selection": {"epoch_index": chosen.index, "qualified": chosen.qualified,
                             "rule": chosen.describe(s.sensitivity_floor),
                             "stage": history.loc[chosen.index, "stage"],
+                            "epoch": int(history.loc[chosen.index, "epoch"]),
                             "val_auc": float(history.loc[chosen.index, "auc"]),
                             "val_sensitivity": float(history.loc[chosen.index, "sensitivity"])},
-              "lr_stage2_top": top_lr}
-    predictions = pd.DataFrame({"image_id": test["image_id"].to_numpy(),
-                                "patient": [patient_hash(p) for p in test["patient_id"]],
-                                "sex": test["sex"].to_numpy(),
-                                "dislocated": test["dislocated"].to_numpy(), "score": scores})
-    write_csv(predictions, out / "predictions.csv")
-    write_csv(history, out / "history.csv")
-    write_text(out / "test_metrics.json", json.dumps(result, indent=2, default=float))
+              "lr_stage2_top": top_lr, "pretrained": s.pretrained,
+              "world_size": second.world_size}
+    if second.is_global_zero:
+        torch.save({"state_dict": run.model.state_dict(), "hparams": dict(run.model.hparams)},
+                   run.ckpt_dir / "selected.pt")
+        predictions = pd.DataFrame({"image_id": test["image_id"].to_numpy(),
+                                    "patient": [patient_hash(p) for p in test["patient_id"]],
+                                    "sex": test["sex"].to_numpy(),
+                                    "dislocated": test["dislocated"].to_numpy(),
+                                    "score": scores["test"]})
+        write_csv(predictions, out / "predictions.csv")
+        write_csv(history, out / "history.csv")
+        write_text(out / "test_metrics.json", json.dumps(result, indent=2, default=float))
     return result

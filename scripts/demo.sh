@@ -19,7 +19,7 @@ echo "== 2/4 prepare: validate, inclusion rules, decode, pad, resize 512 -> $out
 cat "$out/prepared/table1.md"
 
 echo "== 3/4 detect: YOLOv3 (MobileNetV2) hip detector, demo settings (~10 min) -> $out/detector"
-"$py" -m hipdisloc.detect +experiment=detect_demo prepared_dir="$out/prepared" \
+"$py" -m hipdisloc.detect detector=yolov3_demo prepared_dir="$out/prepared" \
   boxes="$out/phantom/boxes.json" out_dir="$out/detector" trainer.enable_progress_bar=false
 
 echo "== 4/4 crop: THA-side box, dilated 10 % sup/med/lat, 224 px -> $out/crops"

@@ -115,13 +115,15 @@ class CropDataset(Dataset):
 class ClassificationDataModule(pl.LightningDataModule):
     def __init__(self, crops_dir: str, fold: int, n_folds: int = 10, seed: int = 0,
                  batch_size: int = 16, num_workers: int = 2, oversample_val: bool = True,
-                 augment: str = "all"):
+                 augment: str = "all", pin_memory: bool = False):
         super().__init__()
         self.crops_dir = Path(crops_dir)
         self.fold, self.n_folds, self.seed = fold, n_folds, seed
         self.batch_size, self.num_workers = batch_size, num_workers
         self.oversample_val = oversample_val
         self.augment = augment
+        self.pin_memory = pin_memory
+        self.evaluate_subset = "test"  # what test_dataloader serves: test | non_training
         self.table: pd.DataFrame | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -135,6 +137,9 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.table = crops.reset_index(drop=True)
 
     def subset(self, name: str) -> pd.DataFrame:
+        """Rows of ``train``, ``val``, ``test``, or ``non_training`` (val and test)."""
+        if name == "non_training":
+            return self.table[self.table["subset"] != "train"]
         return self.table[self.table["subset"] == name]
 
     def _loader(self, name: str) -> DataLoader:
@@ -146,8 +151,11 @@ class ClassificationDataModule(pl.LightningDataModule):
         replicas = trainer.world_size if trainer is not None else 1
         rank = trainer.global_rank if trainer is not None else 0
         sampler = OversampledSampler(len(ds), replicas, rank, shuffle=train, seed=self.seed)
-        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        # training drops a last partial batch: a batch of one breaks BatchNorm
+        drop_last = train and len(sampler) > self.batch_size
+        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=drop_last,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0 and name in ("train", "val"))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
@@ -156,4 +164,4 @@ class ClassificationDataModule(pl.LightningDataModule):
         return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self._loader(self.evaluate_subset)

@@ -22,17 +22,30 @@ IMAGENET_FILE = "resnet18-f37072fd.pth"  # torchvision's file name for ImageNet 
 LAYER_GROUPS = (("conv1", "bn1", "layer1"), ("layer2",), ("layer3",), ("layer4",), ("fc",))
 
 
+def imagenet_weights_path() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILE
+
+
+def resolve_pretrained(pretrained: str | None) -> str:
+    """``auto`` -> ``imagenet`` when torchvision's file is in the local hub cache, else ``none``
+    (the paper used ImageNet weights "when available"); other values unchanged."""
+    if pretrained == "auto":
+        return "imagenet" if imagenet_weights_path().is_file() else "none"
+    return "none" if pretrained in (None, "") else str(pretrained)
+
+
 def resnet18(pretrained: str = "none") -> torch.nn.Module:
-    """torchvision ResNet18 with one output; ``pretrained``: imagenet | none | /path/to.pth.
+    """torchvision ResNet18 with one output; ``pretrained``: auto | imagenet | none | /path.pth.
 
     Nothing is downloaded: ``imagenet`` reads torchvision's file from the local torch hub cache
-    and says where to put it when it is absent.
+    and says where to put it when it is absent; ``auto`` uses it when it is there.
     """
+    pretrained = resolve_pretrained(pretrained)
     net = torchvision.models.resnet18(weights=None)
     if pretrained not in ("none", None, ""):
         path = Path(pretrained)
         if pretrained == "imagenet":
-            path = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILE
+            path = imagenet_weights_path()
             if not path.is_file():
                 raise FileNotFoundError(
                     f"ImageNet ResNet18 weights are not on this machine ({path}); nothing is "

@@ -1,0 +1,151 @@
+"""The stages upstream of training, run when their outputs are missing and reused when present.
+
+phantom (only when the cohort is the embedded phantom) -> prepare -> detect -> crop, each in its
+own folder under ``paths.data_dir``. A stage that finishes writes ``stage.json`` (its settings and
+inputs); the next run with the same settings reuses the folder, and one with other settings stops
+with a message naming the folder (delete it, or use another ``paths.data_dir``) rather than mixing
+two configurations. The jobs of a sweep share the upstream stages: the first takes a file lock and
+builds them, the others wait and reuse. A stage killed midway has no ``stage.json`` and runs again
+(prepare resumes from its journal).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from hipdisloc.io.atomic import write_text
+
+log = logging.getLogger(__name__)
+STAGE_RECORD = "stage.json"
+
+
+class StageConflict(RuntimeError):
+    """A stage folder holds the output of other settings."""
+
+
+@contextmanager
+def stage_lock(data_dir: Path) -> Iterator[None]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / ".stages.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def run_stage(name: str, out: Path, settings: dict, build: Callable[[], object]) -> bool:
+    """Run ``build`` unless ``out`` already holds this stage's output for ``settings``.
+
+    Returns True when the stage ran, False when its output was reused.
+    """
+    record_path = out / STAGE_RECORD
+    wanted = json.loads(json.dumps(settings, default=str))
+    if record_path.is_file():
+        done = json.loads(record_path.read_text())["settings"]
+        if done == wanted:
+            log.info("%s: reusing %s", name, out)
+            return False
+        changed = sorted(k for k in set(done) | set(wanted) if done.get(k) != wanted.get(k))
+        raise StageConflict(
+            f"{name}: {out} holds the output of other settings (differing: "
+            f"{', '.join(changed)}); delete the folder to rebuild it, or set paths.data_dir "
+            "to another folder")
+    log.info("%s: building %s", name, out)
+    build()
+    write_text(record_path, json.dumps({"stage": name, "settings": wanted}, indent=2))
+    return True
+
+
+def _plain(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def ensure_cohort(cfg: DictConfig, data_dir: Path) -> tuple[Path, Path | None, Path | None]:
+    """(manifest, boxes, data_root): the configured archive, or the phantom (generated once)."""
+    cohort = cfg.cohort
+    if cohort.get("phantom") is None:
+        manifest = Path(cohort.manifest)
+        if not manifest.is_file():
+            raise FileNotFoundError(f"cohort.manifest: {manifest} is not a file")
+        return (manifest, Path(cohort.boxes) if cohort.get("boxes") else None,
+                Path(cohort.data_root) if cohort.get("data_root") else None)
+    from hipdisloc.phantom.cohort import generate
+    from hipdisloc.phantom.population import CohortSettings
+    from hipdisloc.phantom.risk import RiskCoefficients
+
+    p = _plain(cohort.phantom)
+    out = data_dir / "phantom"
+    known = {k: v for k, v in p.items() if k not in ("seed", "image_size", "workers", "risk")}
+    settings = CohortSettings(**known, risk=RiskCoefficients(**(p.get("risk") or {})))
+    run_stage("phantom", out, {k: v for k, v in p.items() if k != "workers"},
+              lambda: generate(out, settings, seed=int(p.get("seed", 0)),
+                               image_size=int(p.get("image_size", 512)),
+                               workers=int(p.get("workers", 1)), overwrite=True))
+    return out / "manifest.csv", out / "boxes.json", None
+
+
+def ensure_prepared(cfg: DictConfig, data_dir: Path, manifest: Path,
+                    data_root: Path | None) -> Path:
+    from hipdisloc.prepare import settings_from_config
+    from hipdisloc.preparation import prepare
+
+    out = data_dir / "prepared"
+    settings = {**_plain(cfg.prepare), "manifest": str(manifest.resolve())}
+    settings.pop("workers", None)
+    run_stage("prepare", out, settings,
+              lambda: prepare(out, settings_from_config(cfg.prepare), manifest=manifest,
+                              data_root=data_root))
+    return out
+
+
+def ensure_detector(cfg: DictConfig, data_dir: Path, prepared: Path,
+                    boxes: Path | None) -> Path | None:
+    if cfg.crop.boxes_from != "detector":
+        return None
+    from hipdisloc.detect import train_detector
+
+    if boxes is None:
+        raise ValueError("the detector needs boxes: set cohort.boxes=COCO.json")
+    out = data_dir / "detector"
+    det = _plain(cfg.detector)
+    settings = {"detector": det, "boxes": str(boxes.resolve()), "seed": int(cfg.seed)}
+    for key in ("enable_progress_bar",):
+        settings["detector"]["trainer"].pop(key, None)
+    run_stage("detect", out, settings,
+              lambda: train_detector(prepared, boxes, out, det, int(cfg.seed)))
+    return out / "detector.pt"
+
+
+def ensure_crops(cfg: DictConfig, data_dir: Path, prepared: Path, detector: Path | None,
+                 boxes: Path | None) -> Path:
+    from hipdisloc.cropping import CropSettings, crop_stage
+
+    c = _plain(cfg.crop)
+    out = data_dir / "crops"
+    settings = CropSettings(crop_size=int(c["crop_size"]), dilation=float(c["dilation"]),
+                            min_score=float(c["min_score"]), cache_dtype=str(c["cache_dtype"]))
+    record = {**c, "detector": str(detector) if detector else None,
+              "boxes": str(boxes) if c["boxes_from"] == "ground_truth" else None}
+    record.pop("batch_size", None)
+    run_stage("crop", out, record,
+              lambda: crop_stage(prepared, out, c["boxes_from"], settings, detector=detector,
+                                 boxes=boxes, batch_size=int(c.get("batch_size", 8))))
+    return out
+
+
+def ensure_upstream(cfg: DictConfig) -> Path:
+    """Every stage before training, built or reused; returns the crops folder."""
+    data_dir = Path(cfg.paths.data_dir)
+    with stage_lock(data_dir):
+        manifest, boxes, data_root = ensure_cohort(cfg, data_dir)
+        prepared = ensure_prepared(cfg, data_dir, manifest, data_root)
+        detector = ensure_detector(cfg, data_dir, prepared, boxes)
+        return ensure_crops(cfg, data_dir, prepared, detector, boxes)

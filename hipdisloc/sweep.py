@@ -1,0 +1,98 @@
+"""Aggregate a sweep's folds: Table 2 (per fold, mean, SD) and Table 3 (male vs female).
+
+Runs at the end of ``python -m hipdisloc.train ... -m`` (a Hydra callback) and on demand with
+``python -m hipdisloc.report SWEEP_DIR``. Reads every ``fold*/test_metrics.json`` under the
+sweep folder and writes ``table2.csv``/``.md`` and ``table3.csv``/``.md`` there (atomically);
+with the W&B logger, one summary run in the sweep's group holds both tables.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from hipdisloc.io.atomic import write_csv, write_text
+from hipdisloc.report.tables import table2, table2_markdown, table3, table3_markdown
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepTables:
+    folder: Path
+    results: list[dict]
+    table2: pd.DataFrame
+    table3: pd.DataFrame
+    missing: list[str]  # fold folders without a test_metrics.json (failed or unfinished)
+
+
+def fold_results(sweep_dir: str | Path) -> tuple[list[dict], list[str]]:
+    folder = Path(sweep_dir)
+    results, missing = [], []
+    for fold_dir in sorted(folder.glob("fold*"), key=lambda p: (len(p.name), p.name)):
+        if not fold_dir.is_dir():
+            continue
+        path = fold_dir / "test_metrics.json"
+        if path.is_file():
+            results.append(json.loads(path.read_text()))
+        else:
+            missing.append(fold_dir.name)
+    return results, missing
+
+
+def aggregate(sweep_dir: str | Path) -> SweepTables:
+    folder = Path(sweep_dir)
+    results, missing = fold_results(folder)
+    if not results:
+        raise FileNotFoundError(f"{folder}: no fold*/test_metrics.json to aggregate")
+    t2, t3 = table2(results), table3(results)
+    write_csv(t2, folder / "table2.csv")
+    write_csv(t3, folder / "table3.csv")
+    note = (f"\nFolds without results (not aggregated): {', '.join(missing)}\n"
+            if missing else "")
+    write_text(folder / "table2.md", "# Table 2: test metrics per fold\n\n"
+               + table2_markdown(t2) + note)
+    write_text(folder / "table3.md", "# Table 3: male vs female test samples at the "
+               "configured prevalence\n\n" + table3_markdown(t3))
+    return SweepTables(folder, results, t2, t3, missing)
+
+
+def log_summary_run(tables: SweepTables, cfg: DictConfig) -> None:
+    """One W&B run per sweep (job type ``summary``) with Tables 2 and 3."""
+    import wandb
+
+    from hipdisloc.tracking import sweep_group, wandb_mode
+
+    w = cfg.logger.wandb
+    run = wandb.init(project=str(w.project), entity=w.get("entity"), group=sweep_group(cfg),
+                     name="summary", job_type="summary", dir=str(tables.folder),
+                     mode=wandb_mode(str(w.get("mode", "auto"))), reinit="finish_previous")
+    run.log({"table2": wandb.Table(dataframe=tables.table2.astype({"fold": str})),
+             "table3": wandb.Table(dataframe=tables.table3)})
+    mean = tables.table2[tables.table2["fold"] == "mean"].iloc[0]
+    run.summary.update({f"mean/{k}": float(mean[k]) for k in
+                        ("accuracy", "sensitivity", "specificity", "ppv", "npv", "auc")})
+    run.finish()
+
+
+class AggregateOnSweepEnd(Callback):
+    """Hydra callback: Tables 2 and 3 once every job of a multirun has returned."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            tables = aggregate(sweep_dir)
+        except FileNotFoundError as err:
+            log.error("no tables: %s", err)
+            return
+        log.info("Table 2 and Table 3 -> %s (%d folds%s)", sweep_dir, len(tables.results),
+                 f"; missing: {', '.join(tables.missing)}" if tables.missing else "")
+        print((sweep_dir / "table2.md").read_text())
+        if config.logger.get("wandb"):
+            log_summary_run(tables, config)

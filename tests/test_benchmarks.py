@@ -1,0 +1,150 @@
+"""Benchmarks: their inputs, their arithmetic, and the GPU script's dry run on the CPU."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import gpu_bench, scale, train_throughput
+from benchmarks.synthetic import CROPS_COLUMNS, crops_table, write_crops_dir
+from hipdisloc.data.classification import ClassificationDataModule
+from hipdisloc.io import cache
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_paper_scale_manifest_has_the_papers_shape():
+    t = crops_table(92_584, 9_500, 0.016, seed=0)
+    assert list(t.columns) == CROPS_COLUMNS and len(t) == 92_584
+    assert t["image_id"].is_unique and t["patient_id"].nunique() == 9_500
+    assert 0.015 <= t["dislocated"].mean() <= 0.018
+    # labels, sides and sexes are per THA / per patient, as a real manifest's are
+    assert t.groupby("tha_id")[["dislocated", "side"]].nunique().max().max() == 1
+    assert t.groupby("patient_id")["sex"].nunique().max() == 1
+    assert t["crop_path"].iloc[0] == "crops/" + cache.cache_relpath(t["image_id"].iloc[0])
+
+
+def test_synthetic_crops_feed_the_data_module(tmp_path):
+    write_crops_dir(tmp_path, n_rows=400, n_files=8, size=32)
+    assert len(list((tmp_path / "crops").rglob("*.npy"))) == 8
+    dm = ClassificationDataModule(str(tmp_path), fold=0, n_folds=10, batch_size=16,
+                                  num_workers=0, augment="all")
+    dm.setup()
+    x, y, _ = next(iter(dm.train_dataloader()))
+    assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32
+    assert set(dm.table["subset"]) == {"train", "val", "test"}
+    ds_labels = dm.subset("train")["dislocated"]
+    assert 0 < ds_labels.mean() < 1
+
+
+def test_step_clock_counts_the_images_between_its_marks():
+    clock = train_throughput.StepClock(warmup=2, steps=3, device=torch.device("cpu"))
+    batch = (None, torch.zeros(4), None)
+    for i in range(6):  # one step more than warm-up + steps: not counted
+        clock.on_train_batch_end(None, None, None, batch, i)
+    assert len(clock.times) == 2 and clock.images == 3 * 4
+    clock = train_throughput.StepClock(warmup=1, steps=2, device=torch.device("cpu"))
+    for i in range(3):
+        clock.on_train_batch_end(None, None, None, batch, i)
+    assert clock.images == 2 * 4 and clock.rate() > 0
+
+
+def test_projection_takes_the_slower_rate_and_adds_the_phases():
+    paper = dict(gpu_bench.PAPER)
+    p = gpu_bench.project(head_rate=1000.0, full_rate=500.0, eval_rate=3000.0,
+                          data_rate=800.0, paper=paper)
+    assert p["head"]["rate"] == 800.0 and p["head"]["bound_by"] == "data"
+    assert p["full"]["rate"] == 500.0 and p["full"]["bound_by"] == "model"
+    assert p["validation"]["samples"] == 10 * 20 * paper["val_samples_per_epoch"]
+    expected = (10 * 15 * 160_000 / 800 + 10 * 5 * 160_000 / 500
+                + 10 * 20 * paper["val_samples_per_epoch"] / 800) / 3600
+    assert math.isclose(p["total_hours"], expected)
+    assert gpu_bench.bound(1000.0, 950.0)[1] == "model and data (within 10 %)"
+    missing = gpu_bench.project(None, 500.0, 3000.0, None, paper)
+    assert missing["head"] is None and missing["total_hours"] is None
+    assert missing["full"]["bound_by"].startswith("model")
+
+
+def test_a_failed_measurement_is_recorded_and_the_section_goes_on(tmp_path):
+    rec = gpu_bench.Recorder(tmp_path, "train", gpu_bench.DRY)
+
+    def broken():
+        raise RuntimeError("CUDA out of memory")
+
+    assert rec.attempt("first", broken) is None
+    assert rec.attempt("second", lambda: {"plain_images_per_s": 5.0})["plain_images_per_s"] == 5
+    saved = json.loads((tmp_path / "train.json").read_text())
+    assert saved["errors"] == [{"label": "first", "error": "RuntimeError: CUDA out of memory"}]
+    assert [r["label"] for r in saved["results"]] == ["second"]
+
+
+def test_gpu_script_out_of_time_skips_sections_and_still_reports(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_BENCH_BUDGET_S": "1"}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--dry-run",
+                           str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert summary["status"] == {name: "skipped" for name in gpu_bench.SECTIONS}
+    assert summary["projection"]["components"]["total_hours"] is None
+    text = (tmp_path / "results.txt").read_text()
+    assert "n/a (rate missing)" in text and "SKIP train" in (tmp_path / "log.txt").read_text()
+
+
+def test_scale_tasks_on_a_small_manifest(tmp_path):
+    csv = scale.write_manifest(tmp_path, images=3_000, patients=300, prevalence=0.05)
+    folds = scale.run_task("folds", csv)
+    assert sum(folds["subsets"].values()) == 3_000 and set(folds["subsets"]) == {
+        "train", "val", "test"}
+    over = scale.run_task("oversample", csv)
+    assert over["positives"] == pytest.approx(0.5, abs=0.01)
+    index = scale.run_task("cache_index", csv)
+    assert index["paths"] == 3_000
+    for r in (folds, over, index):
+        assert r["seconds"] > 0 and r["peak_mb"] >= r["peak_mb_before_task"] > 0
+
+
+def test_train_throughput_plain_and_lightning_on_the_data_module():
+    (r,) = train_throughput.main(["--size", "32", "--batch-size", "4", "--steps", "2",
+                                  "--warmup", "1", "--repeats", "1", "--threads", "1",
+                                  "--device", "cpu"])
+    assert r["source"] == "datamodule"
+    for key in ("plain_images_per_s", "lightning_images_per_s", "ratio"):
+        assert np.isfinite(r[key]) and r[key] > 0
+
+
+@pytest.mark.slow
+def test_gpu_script_dry_run_writes_every_result(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--dry-run",
+                           str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert summary["status"] == {"train": "0", "data": "0", "e2e": "0", "compile": "0"}
+    for key in ("settings", "paper", "rates", "headline", "projection", "sections"):
+        assert key in summary
+    assert summary["headline"] == "end_to_end"
+    for name in gpu_bench.SECTIONS:
+        section = summary["sections"][name]
+        assert section["errors"] == [] and section["results"], name
+        for r in section["results"]:
+            rates = [v for k, v in r.items() if k.endswith("_per_s") or k == "ratio"]
+            assert rates and all(np.isfinite(v) and v > 0 for v in rates), r
+    labels = [r["label"] for r in summary["sections"]["train"]["results"]]
+    assert labels[:3] == ["train all b2", "train all b4", "train head b4"]
+    assert all(v is not None and v > 0 for v in summary["rates"].values())
+    for p in summary["projection"].values():
+        assert np.isfinite(p["total_hours"]) and p["total_hours"] > 0
+        assert all(p[phase]["bound_by"] for phase in ("head", "full", "validation"))
+    text = (tmp_path / "results.txt").read_text()
+    assert "projected wall time" in text and "FAILED" not in text
+    assert "START train" in (tmp_path / "log.txt").read_text()
