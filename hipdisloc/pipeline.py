@@ -60,6 +60,7 @@ def run_stage(name: str, out: Path, settings: dict, build: Callable[[], object])
             "to another folder")
     log.info("%s: building %s", name, out)
     build()
+    out.mkdir(parents=True, exist_ok=True)
     write_text(record_path, json.dumps({"stage": name, "settings": wanted}, indent=2))
     return True
 
@@ -94,8 +95,8 @@ def ensure_cohort(cfg: DictConfig, data_dir: Path) -> tuple[Path, Path | None, P
 
 def ensure_prepared(cfg: DictConfig, data_dir: Path, manifest: Path,
                     data_root: Path | None) -> Path:
-    from hipdisloc.prepare import settings_from_config
     from hipdisloc.preparation import prepare
+    from hipdisloc.prepare import settings_from_config
 
     out = data_dir / "prepared"
     settings = {**_plain(cfg.prepare), "manifest": str(manifest.resolve())}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -24,7 +25,6 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.tuner import Tuner
 from pytorch_lightning.utilities import rank_zero_only
@@ -35,6 +35,7 @@ from hipdisloc.metrics import Selection, confusion_metrics
 from hipdisloc.models.classifier import DislocationClassifier
 
 STAGES = ("stage1_head", "stage2_all")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -69,6 +70,20 @@ def patient_hash(patient_id: str, salt: str | None = None) -> str:
 
 def _finite(value: float) -> float:
     return value if math.isfinite(value) else -math.inf
+
+
+class LastEpochCheckpoint(pl.Callback):
+    """``last.ckpt`` (weights, optimiser, loop state) at the end of every training epoch,
+    replaced atomically: what a killed fold resumes from."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        tmp = self.path.with_name(".last.ckpt.tmp")
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
 
 
 class SelectionRecorder(pl.Callback):
@@ -182,17 +197,19 @@ class FoldRun:
             write_text(self.ckpt_dir / "progress.json", json.dumps(self.progress))
 
     def _trainer(self, stage: str, epochs: int, **extra) -> pl.Trainer:
-        last = ModelCheckpoint(dirpath=self.ckpt_dir / stage, save_last=True, save_top_k=0,
-                               save_weights_only=False)
+        last = LastEpochCheckpoint(self.ckpt_dir / stage / "last.ckpt")
         loggers = [CSVLogger(self.out, name="logs", version=stage), *self.extra_loggers]
         return pl.Trainer(max_epochs=epochs, default_root_dir=self.out,
                           callbacks=[self.recorder, last], logger=loggers,
                           num_sanity_val_steps=0, use_distributed_sampler=False,
-                          log_every_n_steps=10, **{**self.s.trainer, **extra})
+                          enable_checkpointing=False, log_every_n_steps=10,
+                          **{**self.s.trainer, **extra})
 
     def _fit(self, stage: str, epochs: int) -> pl.Trainer:
         last = self.ckpt_dir / stage / "last.ckpt"
         resume = str(last) if self.s.resume and last.is_file() else None
+        if resume:
+            log.info("%s: resuming from %s", stage, resume)
         trainer = self._trainer(stage, epochs)
         trainer.fit(self.model, self.dm, ckpt_path=resume)
         return trainer

@@ -9,6 +9,7 @@ import pandas as pd
 
 
 def _tmp(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 

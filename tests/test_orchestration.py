@@ -1,0 +1,203 @@
+"""Orchestration: config groups, the fold sweep (Hydra multirun) with simulated DDP, W&B offline
+runs, resume after a kill, skipping finished folds, launchers and the sweep tables.
+
+The sweeps run the real command line in a subprocess, on a tiny phantom (ground-truth crops,
+32 px, two folds, a few batches per epoch): what they check is orchestration, not learning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+
+from hipdisloc.paths import CONFIG_DIR, PROJECT_ROOT
+from hipdisloc.pipeline import StageConflict, run_stage
+from hipdisloc.train import normalise_argv
+
+TINY = ["experiment=demo", "debug=fast", "n_folds=2", "cohort.phantom.n_patients=40",
+        "cohort.phantom.image_size=128", "prepare.image_size=128", "prepare.workers=1",
+        "cohort.phantom.workers=1", "crop.boxes_from=ground_truth", "crop.crop_size=32"]
+
+
+def run_train(args: list[str], home: Path, timeout: int = 600, background: bool = False):
+    env = {**os.environ, "HOME": str(home), "HYDRA_FULL_ERROR": "1"}
+    env.pop("WANDB_API_KEY", None)
+    env.pop("WANDB_MODE", None)
+    cmd = [sys.executable, "-m", "hipdisloc.train", *args]
+    if background:  # its own process group, output to a file (a full pipe would block it)
+        log = open(home / "background.log", "w")  # noqa: SIM115 (closed with the process)
+        return subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    done = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """The tiny study's upstream stages (phantom, prepare, crop), built once by a first run."""
+    root = tmp_path_factory.mktemp("study")
+    out = run_train([*TINY, f"paths.data_dir={root / 'data'}", f"paths.out_dir={root / 'first'}",
+                     "fold=0"], root)
+    for stage in ("phantom", "prepare", "crop"):
+        assert f"{stage}: building" in out
+    return root / "data"
+
+
+def compose_train(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=True)
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", ["cohort", "detector", "data", "model", "trainer", "logger",
+                                   "callbacks", "experiment", "debug", "paths"])
+def test_every_option_of_every_group_composes(group):
+    assert options(group), group
+    for option in options(group):
+        extra = ["cohort.manifest=m.csv", "cohort.boxes=b.json"] if option == "manifest" else []
+        cfg = compose_train([f"{group}={option}", *extra])
+        assert cfg.fold == 0 and cfg.hydra.sweep.subdir == "fold0"
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib", "submitit_local", "submitit_slurm"])
+def test_launchers_compose(launcher):
+    cfg = compose_train([f"hydra/launcher={launcher}"])
+    assert launcher.split("_")[0] in cfg.hydra.launcher._target_.lower()
+
+
+def test_the_paper_experiment_is_the_default_and_demo_overrides_it():
+    paper = compose_train([])
+    assert paper.name == "rouzrokh2021"
+    assert (paper.schedule.head_epochs, paper.schedule.full_epochs,
+            paper.schedule.batch_size) == (15, 5, 16)
+    assert (paper.model.pos_weight, paper.model.lr, paper.prepare.image_size,
+            paper.crop.crop_size, paper.detector.data.input_size,
+            paper.detector.trainer.max_epochs) == (25.0, 1e-4, 512, 224, 512, 15)
+    assert paper.callbacks.selection.sensitivity_floor == 0.8
+    demo = compose_train(["experiment=demo", "trainer=ddp_cpu"])
+    assert demo.name == "demo" and demo.paths.data_dir == "data/demo"
+    assert (demo.trainer.strategy, demo.trainer.devices, demo.trainer.accelerator) == \
+        ("ddp", 2, "cpu")
+
+
+def test_command_line_normalisation():
+    argv = ["train.py", "fold=0..9", "-m", "trainer=ddp_cpu", "trainer.devices=2"]
+    assert normalise_argv(argv) == ["train.py", "-m", "fold=0,1,2,3,4,5,6,7,8,9",
+                                    "trainer=ddp_cpu", "trainer.devices=2"]
+    assert normalise_argv(["t", "fold=range(0,10)", "--multirun"]) == \
+        ["t", "--multirun", "fold=range(0,10)"]
+    assert normalise_argv(["t", "fold=3..1"]) == ["t", "fold=3,2,1"]
+
+
+def test_a_stage_is_reused_with_its_settings_and_refuses_others(tmp_path):
+    calls = []
+    assert run_stage("x", tmp_path / "x", {"a": 1}, lambda: calls.append(1)) is True
+    assert run_stage("x", tmp_path / "x", {"a": 1}, lambda: calls.append(1)) is False
+    assert calls == [1]
+    with pytest.raises(StageConflict, match=r"x: .*x holds the output of other settings "
+                                            r"\(differing: a\)"):
+        run_stage("x", tmp_path / "x", {"a": 2}, lambda: calls.append(1))
+
+
+def _patient_ids(data_dir: Path) -> set[str]:
+    return set(pd.read_csv(data_dir / "phantom" / "manifest.csv")["patient_id"].astype(str))
+
+
+def test_ddp_multirun_over_folds_with_wandb_offline(data_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    log = run_train([*TINY, f"paths.data_dir={data_dir}", f"paths.out_dir={sweep}",
+                     "fold=0..1", "-m", "trainer=ddp_cpu", "trainer.devices=2", "logger=wandb"],
+                    tmp_path)
+    assert "phantom: reusing" in log and "crop: reusing" in log
+    crops = pd.read_csv(data_dir / "crops" / "crops.csv")
+    for fold in (0, 1):
+        r = json.loads((sweep / f"fold{fold}" / "test_metrics.json").read_text())
+        assert r["fold"] == fold and r["world_size"] == 2
+        pred = pd.read_csv(sweep / f"fold{fold}" / "predictions.csv")
+        # every test image scored exactly once although two ranks shared the test set
+        assert len(pred) == r["n_images"] == pred["image_id"].nunique()
+        assert int(pred["dislocated"].sum()) == r["n_positive"]
+        assert set(pred["image_id"]) <= set(crops["image_id"])
+        assert r["confusion"]["tp"] + r["confusion"]["fn"] == r["n_positive"]
+        assert len(list((sweep / f"fold{fold}" / "wandb").glob("offline-run-*"))) == 1
+    assert len(list((sweep / "wandb").glob("offline-run-*"))) == 1  # the summary run
+    table2 = pd.read_csv(sweep / "table2.csv")
+    assert table2["fold"].astype(str).tolist() == ["0", "1", "mean", "sd", "n"]
+    assert (sweep / "table3.md").is_file()
+    ids = _patient_ids(data_dir)
+    for path in [*sweep.rglob("wandb/**/*"), sweep / "fold0" / "predictions.csv"]:
+        if path.is_file():
+            blob = path.read_bytes()
+            leaked = [p for p in ids if p.encode() in blob]
+            assert not leaked, f"{path} holds patient ids {leaked[:3]}"
+
+
+def test_rerun_skips_finished_folds_unless_forced(data_dir, tmp_path):
+    args = [*TINY, f"paths.data_dir={data_dir}", f"paths.out_dir={tmp_path / 'out'}", "fold=1"]
+    run_train(args, tmp_path)
+    result = tmp_path / "out" / "fold1" / "test_metrics.json"
+    first = result.stat().st_mtime_ns
+    log = run_train(args, tmp_path)
+    assert "exists, skipped" in log and result.stat().st_mtime_ns == first
+    run_train([*args, "callbacks.skip_finished=false"], tmp_path)
+    assert result.stat().st_mtime_ns != first
+
+
+def test_a_killed_fold_resumes_from_its_last_epoch(data_dir, tmp_path):
+    out = tmp_path / "out" / "fold0"
+    args = [*TINY, f"paths.data_dir={data_dir}", f"paths.out_dir={tmp_path / 'out'}", "fold=0",
+            "schedule.head_epochs=0", "schedule.full_epochs=6", "trainer.limit_train_batches=12",
+            "trainer.limit_val_batches=4"]
+    proc = run_train(args, tmp_path, background=True)
+    selection = out / "checkpoints" / "selection.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if selection.is_file() and len(json.loads(selection.read_text())["history"]) >= 2:
+            break
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(json.loads(selection.read_text())["history"])
+    assert 2 <= done_before < 6 and not (out / "test_metrics.json").exists()
+    log = run_train(args, tmp_path)
+    assert "stage2_all: resuming from" in log
+    history = pd.read_csv(out / "history.csv")
+    assert history["epoch"].tolist() == list(range(6))  # each epoch once, none lost
+    assert json.loads((out / "test_metrics.json").read_text())["fold"] == 0
+
+
+def test_submitit_local_launcher_runs_the_folds(data_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    run_train([*TINY, f"paths.data_dir={data_dir}", f"paths.out_dir={sweep}", "fold=0,1", "-m",
+               "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"], tmp_path)
+    for fold in (0, 1):
+        assert json.loads((sweep / f"fold{fold}" / "test_metrics.json").read_text())["fold"] \
+            == fold
+    assert (sweep / "table2.csv").is_file()
+
+
+def test_report_command_rebuilds_the_tables(data_dir, tmp_path):
+    cmd = [sys.executable, "-m", "hipdisloc.report"]
+    empty = subprocess.run([*cmd, str(tmp_path)], cwd=PROJECT_ROOT, capture_output=True,
+                           text=True)
+    assert empty.returncode == 2 and "no fold*/test_metrics.json" in empty.stderr
+    first = data_dir.parent / "first"  # the fixture's one-fold run
+    done = subprocess.run([*cmd, str(first)], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    table2 = pd.read_csv(first / "table2.csv")
+    auc = json.loads((first / "fold0" / "test_metrics.json").read_text())["auc"]
+    assert table2.loc[table2["fold"] == "mean", "auc"].item() == pytest.approx(auc)
