@@ -2,21 +2,26 @@
 flip + rotate alone on the same arrays, in the same run.
 
     .venv/bin/python -m benchmarks.data_pipeline [--workers 0 1] [--batch-size 64]
-        [--batches 12] [--size 224] [--fast]
+        [--batches 12] [--size 224] [--opencv-default-threads] [--no-breakdown]
 
 Measured: the training loader of ClassificationDataModule (hipdisloc/data/classification.py) as
-training uses it, on a synthetic crop cache in the cache format (benchmarks/synthetic.py): for
-each item CropDataset reads the crop (memory-mapped uint16 .npy, page cache warm), decodes it to
-float, augments it (flip, rotation +/-10 deg, zoom <= 10 %), normalises it per image and makes
-the 3-channel tensor; the DataLoader collates batches (in the worker processes when there are
-any). The clock starts once the first ``2 * workers + 1`` batches are out (workers started) and
-runs over ``--batches`` more; the rate is divided by the number of processes doing the work (0
-workers: the main process alone, counted as one and held to one core: one torch thread, as
-in a DataLoader worker, and one OpenCV thread). Baseline: albumentations HorizontalFlip +
-Rotate(+/-10 deg) alone, in one process, on the same decoded float32 crops. Target: >= 2,000
-samples/s per worker process at 224 px; the ratio says what the rest of the pipeline costs on
-top of the geometric augmentation alone. ``--fast`` also measures the proposed fast path
-(benchmarks/fastpath.py: one-channel items, no pandas row per item) on the same crops.
+training builds it, on a synthetic crop cache in the cache format (benchmarks/synthetic.py): for
+each item CropDataset reads the crop (uint16 .npy, page cache warm), decodes it to float,
+augments it (flip, rotation +/-10 deg, zoom <= 10 %), normalises it per image (cv2.meanStdDev)
+and makes the one-channel tensor (1, S, S) (the model repeats the channel on the device); the
+DataLoader collates batches in the worker processes when there are any, each worker held to one
+OpenCV thread (``one_opencv_thread``), memory pinned when CUDA is there (``pin_memory``, as
+conf/trainer/gpu_fast.yaml sets it). The clock starts once the first ``2 * workers + 1``
+batches are out (workers started) and runs over ``--batches`` more; the rate is divided by the
+number of processes doing the work (0 workers: the main process alone, counted as one and held
+to one core: one torch thread, as in a DataLoader worker, and one OpenCV thread). Baseline:
+albumentations HorizontalFlip + Rotate(+/-10 deg) alone, in one process, on the same decoded
+float32 crops. Target: >= 2,000 samples/s per worker process at 224 px; the ratio says what the
+rest of the pipeline costs on top of the geometric augmentation alone.
+
+``--opencv-default-threads`` also measures the loader without ``one_opencv_thread`` (each
+worker keeps OpenCV's default thread pool). Unless ``--no-breakdown``, prints what one item
+costs, step by step, in one process on one thread (``item_costs``).
 """
 
 from __future__ import annotations
@@ -31,10 +36,10 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import default_collate
 
-from benchmarks.fastpath import FastDataModule
 from benchmarks.synthetic import write_crops_dir
-from hipdisloc.data.classification import ClassificationDataModule
+from hipdisloc.data.classification import ClassificationDataModule, CropDataset, normalise
 from hipdisloc.io import cache
 
 TARGET_PER_WORKER = 2000.0
@@ -46,21 +51,25 @@ def crops_for(root: Path, samples: int, size: int, n_files: int = 256) -> Path:
 
 
 def pipeline_rate(crops_dir: Path, workers: int, batch_size: int, batches: int,
-                  fast: bool = False, cv2_threads: int | None = None) -> dict:
-    """Samples/s of the data module's training loader, in total and per worker process;
-    ``fast``: the proposed fast path's; ``cv2_threads``: OpenCV's threads per process (set in
-    this process before the workers fork, which inherit it), else OpenCV's default."""
+                  one_opencv_thread: bool = True, pin_memory: bool | None = None) -> dict:
+    """Samples/s of the data module's training loader, in total and per worker process.
+
+    ``one_opencv_thread``: the loader as the data module builds it (each worker sets OpenCV to
+    one thread); False drops that worker_init_fn, leaving OpenCV's default pool in each worker.
+    ``pin_memory``: the data module's setting; None: pinned when CUDA is available."""
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
     default_threads, torch_threads = cv2.getNumThreads(), torch.get_num_threads()
-    if cv2_threads is not None:
-        cv2.setNumThreads(cv2_threads)
     if workers == 0:  # the main process alone, on one core: one torch and one OpenCV thread
         torch.set_num_threads(1)
         cv2.setNumThreads(1)
-    cls = FastDataModule if fast else ClassificationDataModule
-    dm = cls(str(crops_dir), fold=0, n_folds=10, seed=0, batch_size=batch_size,
-             num_workers=workers, augment="all")
+    dm = ClassificationDataModule(str(crops_dir), fold=0, n_folds=10, seed=0,
+                                  batch_size=batch_size, num_workers=workers, augment="all",
+                                  pin_memory=pin_memory)
     dm.setup()
     loader = dm.train_dataloader()
+    if not one_opencv_thread:
+        loader.worker_init_fn = None
     warmup = 2 * workers + 1
     if len(loader) < warmup + batches:
         raise ValueError(f"epoch of {len(loader)} batches < {warmup + batches} needed")
@@ -73,11 +82,70 @@ def pipeline_rate(crops_dir: Path, workers: int, batch_size: int, batches: int,
     del it, loader
     cv2.setNumThreads(default_threads)
     torch.set_num_threads(torch_threads)
-    variant = "proposed fast path" if fast else "current"
-    if cv2_threads is not None:
-        variant += f", OpenCV {cv2_threads} thread(s) per process"
-    return {"variant": variant, "workers": workers, "samples": seen, "samples_per_s": rate,
-            "per_worker_per_s": rate / max(workers, 1)}
+    variant = ("one OpenCV thread" if workers == 0 else "one OpenCV thread per worker"
+               if one_opencv_thread else "OpenCV default threads per worker")
+    if pin_memory:
+        variant += ", pinned memory"
+    return {"variant": variant, "workers": workers, "pin_memory": pin_memory, "samples": seen,
+            "samples_per_s": rate, "per_worker_per_s": rate / max(workers, 1)}
+
+
+ITEM_STEPS = ("load", "decode", "augment", "normalise", "tensor", "collate")
+
+
+def item_costs(crops_dir: Path, n: int, batch_size: int) -> dict:
+    """Microseconds per item of each step of CropDataset.__getitem__ and of collation, timed
+    one step at a time over ``n`` items in this process on one torch and one OpenCV thread (a
+    DataLoader worker's share): ``load`` np.load of the .npy, ``decode`` uint16 -> float32,
+    ``augment`` the training augmentation (flip + affine), ``normalise`` per-image mean/std,
+    ``tensor`` the (1, S, S) tensor and label, ``collate`` default_collate per item;
+    ``getitem`` the whole __getitem__ for comparison, ``sum`` the steps' total."""
+    default_threads, torch_threads = cv2.getNumThreads(), torch.get_num_threads()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    dm = ClassificationDataModule(str(crops_dir), fold=0, n_folds=10, seed=0, augment="all")
+    dm.setup()
+    ds = CropDataset(dm.subset("train"), dm.crops_dir, oversample=True, augment="all")
+    rows = [ds.index[i % len(ds)] for i in range(n)]
+    for i in range(min(16, n)):  # warm up: page cache, albumentations, allocator
+        ds[i]
+    t: dict[str, float] = {}
+
+    def clock(name, fn, inputs):
+        start = time.perf_counter()
+        out = [fn(x) for x in inputs]
+        t[name] = (time.perf_counter() - start) / len(inputs) * 1e6
+        return out
+
+    stored = clock("load", lambda r: cache.load(ds.paths[r], mmap=False), rows)
+    floats = clock("decode", cache.decode, stored)
+    augmented = clock("augment", lambda im: ds.augment(image=im)["image"], floats)
+    normed = clock("normalise", normalise, augmented)
+    items = clock("tensor", lambda ar: (torch.from_numpy(ar[0])[None],
+                                        torch.tensor(ds.labels[ar[1]]), 0),
+                  list(zip(normed, rows, strict=True)))
+    batches = [items[k:k + batch_size] for k in range(0, len(items), batch_size)]
+    start = time.perf_counter()
+    for b in batches:
+        default_collate(b)
+    t["collate"] = (time.perf_counter() - start) / len(items) * 1e6
+    start = time.perf_counter()
+    for i in range(n):
+        ds[i % len(ds)]
+    t["getitem"] = (time.perf_counter() - start) / n * 1e6
+    t["sum"] = sum(t[k] for k in ITEM_STEPS)
+    cv2.setNumThreads(default_threads)
+    torch.set_num_threads(torch_threads)
+    return {"benchmark": "data_pipeline_item_costs", "items": n, "us_per_item": t,
+            "implied_per_process_per_s": 1e6 / t["sum"]}
+
+
+def describe_costs(c: dict) -> str:
+    t = c["us_per_item"]
+    steps = ", ".join(f"{k} {t[k]:.0f}" for k in ITEM_STEPS)
+    return (f"  per item, one process, one thread (us): {steps}; sum {t['sum']:.0f} "
+            f"(-> {c['implied_per_process_per_s']:.0f}/s per process); whole __getitem__ "
+            f"{t['getitem']:.0f}")
 
 
 def decoded_crops(crops_dir: Path) -> list[np.ndarray]:
@@ -112,15 +180,6 @@ def setup(workers: list[int], batch_size: int, batches: int, size: int,
     return crops, flip_rotate_rate(decoded_crops(crops), batches * batch_size)
 
 
-def measure(workers: list[int], batch_size: int, batches: int, size: int, workdir: Path,
-            variants: tuple[dict, ...] = ({},)) -> list[dict]:
-    """One row per worker count and variant (keyword arguments of ``pipeline_rate``)."""
-    crops, base = setup(workers, batch_size, batches, size, workdir)
-    return [result_row(pipeline_rate(crops, w, batch_size, batches, **variant), base, size,
-                       batch_size)
-            for w in workers for variant in variants]
-
-
 def describe(r: dict) -> str:
     procs = f"{r['workers']} worker processes" if r["workers"] else "main process only"
     return (f"classification data pipeline, {r['variant']} ({r['size']}px, batch "
@@ -136,15 +195,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--batches", type=int, default=12)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--fast", action="store_true",
-                        help="also measure the proposed fast path (benchmarks/fastpath.py)")
+    parser.add_argument("--opencv-default-threads", action="store_true",
+                        help="also measure the loader without one_opencv_thread (worker counts "
+                        "above 0)")
+    parser.add_argument("--no-breakdown", action="store_true",
+                        help="skip the per-item cost of each step")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        variants = ({}, {"fast": True}) if args.fast else ({},)
-        rows = measure(args.workers, args.batch_size, args.batches, args.size, Path(tmp),
-                       variants)
-    for r in rows:
-        print(describe(r))
+        crops, base = setup(args.workers, args.batch_size, args.batches, args.size, Path(tmp))
+        rows = []
+        for w in args.workers:
+            variants = [{}] + ([{"one_opencv_thread": False}]
+                               if args.opencv_default_threads and w > 0 else [])
+            for variant in variants:
+                r = pipeline_rate(crops, w, args.batch_size, args.batches, **variant)
+                rows.append(result_row(r, base, args.size, args.batch_size))
+                print(describe(rows[-1]), flush=True)
+        if not args.no_breakdown:
+            costs = item_costs(crops, 4 * args.batch_size, args.batch_size)
+            print(describe_costs(costs))
+            rows.append(costs)
     return rows
 
 

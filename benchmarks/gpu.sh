@@ -11,9 +11,10 @@
 # bf16 autocast with channels_last, ResNet18, batch 64/128/256, plain loop and through Lightning
 # (ratio, target >= 0.97); head stage and inference rates; what fp32 / bf16 / channels_last each
 # give; the classification data pipeline with 16 workers (samples/s, per worker; target >= 2,000
-# per worker); Lightning fitting our data module end to end; torch.compile; and the projected wall
-# time of the paper's 10-fold study (92,584 images, ~160,000 oversampled samples per epoch,
-# 10 folds x 20 epochs), naming the rate that bounds each phase.
+# per worker), with and without one OpenCV thread per worker; Lightning fitting our data module
+# (pinned memory) and DislocationClassifier(channels_last=True) end to end; torch.compile; and the
+# projected wall time of the paper's 10-fold study (92,584 images, ~160,000 oversampled samples
+# per epoch, 10 folds x 20 epochs), naming the rate that bounds each phase.
 #
 # Writes OUT_DIR/results.json, OUT_DIR/results.txt (readable table), one JSON per section
 # (written as each measurement is made) and OUT_DIR/log.txt. Each section runs in its own
@@ -29,7 +30,7 @@ out_dir=""
 for arg in "$@"; do
   case "$arg" in
     --dry-run) dry="--dry-run" ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) out_dir="$arg" ;;
   esac
 done

@@ -7,13 +7,14 @@ under a time cap each and says how to run it (read its header first).
   batches on the GPU: plain loop and Lightning (benchmarks/train_throughput.py) at batch 64, 128
   and 256, all layers; the head stage (frozen backbone) at 256; inference (validation) at 256;
   the plain loop at 256 in fp32 and in bf16 without channels_last, to show what each flag buys.
-- ``data``: the classification data pipeline (benchmarks/data_pipeline.py) with 16 workers:
-  as it is, with OpenCV held to one thread per worker, and the proposed fast path
-  (benchmarks/fastpath.py).
+- ``data``: the classification data pipeline (benchmarks/data_pipeline.py) with 16 workers, as
+  ClassificationDataModule builds it (one-channel items, one OpenCV thread per worker, pinned
+  memory as conf/trainer/gpu_fast.yaml sets it), then without ``one_opencv_thread`` (OpenCV's
+  default thread pool in every worker).
 - ``e2e``: Lightning fitting our ClassificationDataModule itself (16 workers, augmentation on,
-  batch 256), head stage then all layers: the data path and the model together, batches copied
-  from unpinned memory as the data module serves them today; then the head stage on the
-  proposed fast path (one-channel items, pinned memory, channels repeated on the GPU).
+  pinned memory, batch 256) and DislocationClassifier(channels_last=True), head stage then all
+  layers: the data path and the model together (one channel copied to the GPU, repeated there);
+  then all layers without channels_last, to show what that flag buys end to end.
 - ``compile``: the plain loop at 256 with ``torch.compile`` (inductor) against without.
 - ``report``: results.json and results.txt from the sections' JSON files, with the projected
   wall time of the paper's 10-fold study (``project``).
@@ -158,39 +159,38 @@ def section_data(s: Settings, rec: Recorder, workdir: Path) -> None:
         return r
 
     rec.attempt(f"data pipeline {w} workers", measure, {})
-    rec.attempt(f"data pipeline {w} workers, OpenCV 1 thread", measure, {"cv2_threads": 1})
-    rec.attempt(f"data pipeline {w} workers, proposed fast path", measure, {"fast": True})
+    rec.attempt(f"data pipeline {w} workers, OpenCV default threads", measure,
+                {"one_opencv_thread": False})
 
 
 def section_e2e(s: Settings, rec: Recorder, workdir: Path) -> None:
     import torch
 
     from benchmarks import train_throughput as tt
-    from benchmarks.fastpath import FastClassifier, FastDataModule
     from benchmarks.synthetic import write_crops_dir
     from hipdisloc.data.classification import ClassificationDataModule
 
+    device = torch.device(s.device)
     warmup = 2 * s.data_workers + s.warmup  # past the batches prefetched at start
     crops = write_crops_dir(workdir / "crops", (warmup + s.e2e_steps + 4) * s.big_batch,
                             n_files=256, size=s.size)
 
-    def measure(stage: str, fast: bool) -> dict:
-        dm = (FastDataModule if fast else ClassificationDataModule)(
-            str(crops), fold=0, n_folds=10, seed=0, batch_size=s.big_batch,
-            num_workers=s.data_workers, augment="all")
+    def measure(stage: str, channels_last: bool) -> dict:
+        dm = ClassificationDataModule(str(crops), fold=0, n_folds=10, seed=0,
+                                      batch_size=s.big_batch, num_workers=s.data_workers,
+                                      augment="all", pin_memory=device.type == "cuda")
         dm.setup()
-        rate = tt.lightning_rate(dm, s.e2e_steps, warmup, stage, torch.device(s.device), True,
-                                 True, workdir / f"e2e_{stage}_{fast}",
-                                 module_cls=FastClassifier if fast else None)
+        rate = tt.lightning_rate(dm, s.e2e_steps, warmup, stage, device, True, channels_last,
+                                 workdir / f"e2e_{stage}_{channels_last}")
         return {"stage": stage, "batch_size": s.big_batch, "workers": s.data_workers,
-                "variant": "proposed fast path" if fast else "current",
+                "channels_last": channels_last, "pin_memory": dm.pin_memory,
                 "lightning_datamodule_images_per_s": rate}
 
     label = f"b{s.big_batch} {s.data_workers} workers"
     # head first: its model is fast, so the data path (loading to the copy to the GPU) shows
-    rec.attempt(f"end to end head {label}", measure, "head", False)
-    rec.attempt(f"end to end all {label}", measure, "all", False)
-    rec.attempt(f"end to end head {label}, proposed fast path", measure, "head", True)
+    rec.attempt(f"end to end head {label}", measure, "head", True)
+    rec.attempt(f"end to end all {label}", measure, "all", True)
+    rec.attempt(f"end to end all {label}, no channels_last", measure, "all", False)
 
 
 def section_compile(s: Settings, rec: Recorder, workdir: Path) -> None:
@@ -228,20 +228,24 @@ def bound(model_rate: float, data_rate: float | None,
 
 
 def project(head_rate: float | None, full_rate: float | None, eval_rate: float | None,
-            data_rate: float | None, paper: dict = PAPER) -> dict:
+            data_rate: float | None, paper: dict = PAPER,
+            full_data_rate: float | None = None) -> dict:
     """Projected wall time of the paper's study: per phase, its samples / the slower of the
     model's rate and the data side's (which one bounds it is named); a phase whose model rate is
-    missing is None, and so is the total."""
-    phases = [("head", paper["head_epochs"], paper["train_samples_per_epoch"], head_rate),
-              ("full", paper["full_epochs"], paper["train_samples_per_epoch"], full_rate),
+    missing is None, and so is the total. ``full_data_rate``: the data side's rate in the
+    all-layers phase when it was measured apart (end to end, all layers), else ``data_rate``."""
+    phases = [("head", paper["head_epochs"], paper["train_samples_per_epoch"], head_rate,
+               data_rate),
+              ("full", paper["full_epochs"], paper["train_samples_per_epoch"], full_rate,
+               full_data_rate or data_rate),
               ("validation", paper["head_epochs"] + paper["full_epochs"],
-               paper["val_samples_per_epoch"], eval_rate)]
+               paper["val_samples_per_epoch"], eval_rate, data_rate)]
     out, hours = {}, []
-    for name, epochs, samples, model_rate in phases:
+    for name, epochs, samples, model_rate, side_rate in phases:
         if model_rate is None or model_rate <= 0:
             out[name], hours = None, None
             continue
-        rate, bound_by = bound(model_rate, data_rate)
+        rate, bound_by = bound(model_rate, side_rate)
         n = paper["folds"] * epochs * samples
         out[name] = {"samples": n, "rate": rate, "bound_by": bound_by, "hours": n / rate / 3600}
         if hours is not None:
@@ -266,8 +270,8 @@ def summarise(out: Path, status: dict[str, str], s: Settings) -> dict:
     batch; inference for validation) and the data pipeline's rate with all its workers;
     ``end_to_end`` by the rate of Lightning fitting our data module on the head stage, whose
     model is fast enough that the data path (loading, augmentation, collation, the copy to the
-    GPU) shows: that is the realistic one, and the headline when it was measured;
-    ``end_to_end_proposed_fast_path`` likewise with benchmarks/fastpath.py.
+    GPU) shows, and for the all-layers phase by its own end-to-end rate when measured: that is
+    the realistic one, and the headline when it was measured.
     """
     sections = {name: _load(out, name) for name in SECTIONS}
     big, w = s.big_batch, s.data_workers
@@ -284,18 +288,16 @@ def summarise(out: Path, status: dict[str, str], s: Settings) -> dict:
                               "lightning_datamodule_images_per_s"),
              "e2e_all": rate("e2e", f"end to end all b{big} {w} workers",
                              "lightning_datamodule_images_per_s"),
-             "data_fast": rate("data", f"data pipeline {w} workers, proposed fast path",
-                               "samples_per_s"),
-             "e2e_head_fast": rate("e2e", f"end to end head b{big} {w} workers, proposed fast "
-                                   "path", "lightning_datamodule_images_per_s")}
+             "data_opencv_default_threads": rate(
+                 "data", f"data pipeline {w} workers, OpenCV default threads", "samples_per_s"),
+             "e2e_all_no_channels_last": rate(
+                 "e2e", f"end to end all b{big} {w} workers, no channels_last",
+                 "lightning_datamodule_images_per_s")}
     projection = {"components": project(rates["head"], rates["full"], rates["eval"],
                                         rates["data"])}
     if rates["e2e_head"]:
         projection["end_to_end"] = project(rates["head"], rates["full"], rates["eval"],
-                                           rates["e2e_head"])
-    if rates["e2e_head_fast"]:
-        projection["end_to_end_proposed_fast_path"] = project(
-            rates["head"], rates["full"], rates["eval"], rates["e2e_head_fast"])
+                                           rates["e2e_head"], full_data_rate=rates["e2e_all"])
     headline = "end_to_end" if "end_to_end" in projection else "components"
     return {"settings": asdict(s), "status": status, "paper": PAPER, "rates": rates,
             "headline": headline, "projection": projection, "sections": sections}

@@ -67,15 +67,15 @@ class Batches(Dataset):
 
 def tensor_batches(n: int, batch_size: int, size: int, device: torch.device,
                    distinct: int = 4) -> DataLoader:
-    """``n`` batches shaped as CropDataset's (image (B, 3, S, S), label, position), made once
-    on ``device`` (grey images repeated over 3 channels, as CropDataset makes them)."""
+    """``n`` batches shaped as CropDataset's (image (B, 1, S, S), label, position), made once
+    on ``device`` (one grey channel, as CropDataset makes them; the model repeats it)."""
     g = torch.Generator(device).manual_seed(0)
     batches = []
     for k in range(min(n, distinct)):
         x = torch.randn(batch_size, 1, size, size, generator=g, device=device)
         y = (torch.rand(batch_size, generator=g, device=device) < 0.5).float()
         pos = torch.arange(k * batch_size, (k + 1) * batch_size, device=device)
-        batches.append((x.expand(-1, 3, -1, -1).contiguous(), y, pos))
+        batches.append((x, y, pos))
     return DataLoader(Batches(batches, n), batch_size=None)
 
 
@@ -91,45 +91,41 @@ def datamodule(crops_dir: Path, batch_size: int, workers: int = 0,
     return dm
 
 
-class ChannelsLastClassifier(DislocationClassifier):
-    """Our module with its input moved to channels_last after the transfer (GPU fast path)."""
-
-    def on_after_batch_transfer(self, batch, dataloader_idx):
-        x, y, pos = batch
-        return x.contiguous(memory_format=torch.channels_last), y, pos
-
-
-def classifier(stage: str, channels_last: bool, device: torch.device,
-               cls: type | None = None) -> DislocationClassifier:
-    """Our module (or ``cls``), seeded, set to ``stage`` (``head``: frozen backbone, ``all``:
-    every layer)."""
+def classifier(stage: str, channels_last: bool, device: torch.device) -> DislocationClassifier:
+    """Our module, seeded, set to ``stage`` (``head``: frozen backbone, ``all``: every layer);
+    ``channels_last`` as training's ``model.channels_last`` sets it (NHWC weights, and inputs
+    made NHWC in ``forward``)."""
     torch.manual_seed(0)
-    cls = cls or (ChannelsLastClassifier if channels_last else DislocationClassifier)
-    module = cls("none", POS_WEIGHT, LR)
+    module = DislocationClassifier("none", POS_WEIGHT, LR, channels_last=channels_last)
     if stage == "all":
         module.unfreeze()
     else:
         module.freeze_backbone()
-    if channels_last:
-        module = module.to(memory_format=torch.channels_last)
     return module.to(device)
+
+
+def as_network_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """What DislocationClassifier.forward does before its network: one channel repeated to
+    three, NHWC when ``channels_last`` (the plain loop calls the network itself)."""
+    x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def plain_rate(loader: Iterable, steps: int, warmup: int, stage: str, device: torch.device,
                bf16: bool, channels_last: bool, compile_backend: str | None = None) -> float:
     """Images/s of a plain loop driving the module's own network, loss and optimiser
-    (forward, weighted BCE, zero_grad, backward, step) without the Trainer; the network
-    through ``torch.compile`` when ``compile_backend`` is given (compiled during warm-up)."""
+    (the input prepared as ``forward`` prepares it, network, weighted BCE, zero_grad,
+    backward, step) without the Trainer; the network through ``torch.compile`` when
+    ``compile_backend`` is given (compiled during warm-up)."""
     module = classifier(stage, channels_last, device)
     net, loss_fn, opt = module.net, module.loss_fn, module.configure_optimizers()
     model = torch.compile(net, backend=compile_backend) if compile_backend else net
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
     net.train()
     batches = iter(loader)
     seen = 0
     for i in range(warmup + steps):
         x, y, _ = next(batches)
-        x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
+        x = as_network_input(x.to(device, non_blocking=True), channels_last)
         y = y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = loss_fn(model(x).squeeze(1), y)
@@ -149,12 +145,11 @@ def eval_rate(loader: Iterable, steps: int, warmup: int, device: torch.device, b
               channels_last: bool) -> float:
     """Images/s of inference (validation and test): forward and sigmoid, no gradients."""
     module = classifier("all", channels_last, device).eval()
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
     batches = iter(loader)
     seen = 0
     with torch.inference_mode():
         for i in range(warmup + steps):
-            x = next(batches)[0].to(device, non_blocking=True).contiguous(memory_format=fmt)
+            x = next(batches)[0].to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 scores = torch.sigmoid(module(x))
             if i == warmup - 1:
@@ -187,11 +182,9 @@ class StepClock(pl.Callback):
 
 
 def lightning_rate(data, steps: int, warmup: int, stage: str, device: torch.device,
-                   bf16: bool, channels_last: bool, root: Path,
-                   module_cls: type | None = None) -> float:
-    """Images/s of Trainer.fit on DislocationClassifier (or ``module_cls``); ``data`` a data
-    module or a loader."""
-    module = classifier(stage, channels_last, torch.device("cpu"), module_cls)  # Trainer moves it
+                   bf16: bool, channels_last: bool, root: Path) -> float:
+    """Images/s of Trainer.fit on DislocationClassifier; ``data`` a data module or a loader."""
+    module = classifier(stage, channels_last, torch.device("cpu"))  # the Trainer moves it
     clock = StepClock(warmup, steps, device)
     for name in ("pytorch_lightning", "lightning_fabric"):  # no banner per run
         logging.getLogger(name).setLevel(logging.WARNING)

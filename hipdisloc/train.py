@@ -61,7 +61,8 @@ def fold_settings(cfg: DictConfig):
         sensitivity_floor=float(cfg.callbacks.selection.sensitivity_floor),
         oversample_val=bool(cfg.data.oversample_val), augment=str(cfg.data.augment),
         by_sex_prevalence=float(cfg.evaluation.by_sex_prevalence),
-        resume=bool(cfg.callbacks.resume), trainer=trainer,
+        resume=bool(cfg.callbacks.resume), channels_last=bool(cfg.model.channels_last),
+        compile=bool(cfg.model.compile), lr_schedule=str(cfg.model.schedule), trainer=trainer,
     )
 
 

@@ -32,7 +32,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from hipdisloc.data.classification import ClassificationDataModule, CropDataset
 from hipdisloc.io.atomic import write_csv, write_text
 from hipdisloc.metrics import Selection, confusion_metrics
-from hipdisloc.models.classifier import DislocationClassifier
+from hipdisloc.models.classifier import DislocationClassifier, resolve_pretrained
 
 STAGES = ("stage1_head", "stage2_all")
 log = logging.getLogger(__name__)
@@ -60,6 +60,9 @@ class FoldSettings:
     augment: str = "all"
     by_sex_prevalence: float = 0.02
     resume: bool = True
+    channels_last: bool = False
+    compile: bool = False
+    lr_schedule: str = "one_cycle"
     trainer: dict = field(default_factory=dict)
 
 
@@ -181,7 +184,8 @@ class FoldRun:
                                            s.augment, pin_memory=s.pin_memory)
         self.dm.setup()
         self.model = DislocationClassifier(s.pretrained, s.pos_weight, s.lr, s.lr_slice_ratio,
-                                           s.threshold)
+                                           s.threshold, s.channels_last, s.compile,
+                                           s.lr_schedule)
         if not s.resume and rank_zero_only.rank == 0:
             for stale in ("selection.json", "progress.json"):
                 (self.ckpt_dir / stale).unlink(missing_ok=True)
@@ -302,7 +306,7 @@ def train_fold(crops_dir: str | Path, out_dir: str | Path, s: FoldSettings,
                             "epoch": int(history.loc[chosen.index, "epoch"]),
                             "val_auc": float(history.loc[chosen.index, "auc"]),
                             "val_sensitivity": float(history.loc[chosen.index, "sensitivity"])},
-              "lr_stage2_top": top_lr, "pretrained": s.pretrained,
+              "lr_stage2_top": top_lr, "pretrained": resolve_pretrained(s.pretrained),
               "world_size": second.world_size}
     if second.is_global_zero:
         torch.save({"state_dict": run.model.state_dict(), "hparams": dict(run.model.hparams)},

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import gpu_bench, scale, train_throughput
+from benchmarks import data_pipeline, gpu_bench, scale, train_throughput
 from benchmarks.synthetic import CROPS_COLUMNS, crops_table, write_crops_dir
 from hipdisloc.data.classification import ClassificationDataModule
 from hipdisloc.io import cache
@@ -39,7 +39,8 @@ def test_synthetic_crops_feed_the_data_module(tmp_path):
                                   num_workers=0, augment="all")
     dm.setup()
     x, y, _ = next(iter(dm.train_dataloader()))
-    assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32
+    # one channel: the model repeats it (DislocationClassifier.forward)
+    assert x.shape == (16, 1, 32, 32) and x.dtype == torch.float32
     assert set(dm.table["subset"]) == {"train", "val", "test"}
     ds_labels = dm.subset("train")["dislocated"]
     assert 0 < ds_labels.mean() < 1
@@ -68,6 +69,10 @@ def test_projection_takes_the_slower_rate_and_adds_the_phases():
                 + 10 * 20 * paper["val_samples_per_epoch"] / 800) / 3600
     assert math.isclose(p["total_hours"], expected)
     assert gpu_bench.bound(1000.0, 950.0)[1] == "model and data (within 10 %)"
+    # the all-layers phase bounded by its own end-to-end rate when it was measured
+    apart = gpu_bench.project(1000.0, 500.0, 3000.0, 800.0, paper, full_data_rate=400.0)
+    assert apart["full"]["rate"] == 400.0 and apart["full"]["bound_by"] == "data"
+    assert apart["head"] == p["head"] and apart["validation"] == p["validation"]
     missing = gpu_bench.project(None, 500.0, 3000.0, None, paper)
     assert missing["head"] is None and missing["total_hours"] is None
     assert missing["full"]["bound_by"].startswith("model")
@@ -112,6 +117,37 @@ def test_scale_tasks_on_a_small_manifest(tmp_path):
         assert r["seconds"] > 0 and r["peak_mb"] >= r["peak_mb_before_task"] > 0
 
 
+def test_data_pipeline_measures_the_data_modules_own_loader(tmp_path):
+    crops, base = data_pipeline.setup([1], batch_size=8, batches=2, size=32, workdir=tmp_path)
+    assert base > 0
+    rows = [data_pipeline.pipeline_rate(crops, 1, 8, 2, **variant)
+            for variant in ({}, {"one_opencv_thread": False})]
+    assert [r["variant"] for r in rows] == ["one OpenCV thread per worker",
+                                           "OpenCV default threads per worker"]
+    for r in rows:
+        assert r["samples"] == 16 and r["per_worker_per_s"] == r["samples_per_s"] > 0
+        assert r["pin_memory"] == torch.cuda.is_available()
+    costs = data_pipeline.item_costs(crops, n=16, batch_size=8)["us_per_item"]
+    assert all(costs[k] > 0 for k in (*data_pipeline.ITEM_STEPS, "getitem"))
+    assert math.isclose(costs["sum"], sum(costs[k] for k in data_pipeline.ITEM_STEPS))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_train_throughput_feeds_one_channel_batches_as_training_does(channels_last):
+    device = torch.device("cpu")
+    loader = train_throughput.tensor_batches(4, 2, 32, device)
+    x = next(iter(loader))[0]
+    assert x.shape == (2, 1, 32, 32)
+    module = train_throughput.classifier("all", channels_last, device)
+    assert module.hparams.channels_last == channels_last
+    net_input = train_throughput.as_network_input(x, channels_last)
+    assert net_input.shape == (2, 3, 32, 32)
+    assert net_input.is_contiguous(memory_format=torch.channels_last) == channels_last
+    with torch.no_grad():  # the plain loop's input gives the module's own logits
+        torch.testing.assert_close(module.net(net_input).squeeze(1), module(x))
+    assert train_throughput.plain_rate(loader, 2, 1, "all", device, False, channels_last) > 0
+
+
 def test_train_throughput_plain_and_lightning_on_the_data_module():
     (r,) = train_throughput.main(["--size", "32", "--batch-size", "4", "--steps", "2",
                                   "--warmup", "1", "--repeats", "1", "--threads", "1",
@@ -133,6 +169,13 @@ def test_gpu_script_dry_run_writes_every_result(tmp_path):
     for key in ("settings", "paper", "rates", "headline", "projection", "sections"):
         assert key in summary
     assert summary["headline"] == "end_to_end"
+    assert set(summary["projection"]) == {"components", "end_to_end"}
+    assert [r["label"] for r in summary["sections"]["data"]["results"]] == [
+        "data pipeline 2 workers", "data pipeline 2 workers, OpenCV default threads"]
+    assert [r["label"] for r in summary["sections"]["e2e"]["results"]] == [
+        "end to end head b4 2 workers", "end to end all b4 2 workers",
+        "end to end all b4 2 workers, no channels_last"]
+    assert summary["sections"]["e2e"]["results"][0]["channels_last"] is True
     for name in gpu_bench.SECTIONS:
         section = summary["sections"][name]
         assert section["errors"] == [] and section["results"], name
