@@ -29,7 +29,7 @@ from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.tuner import Tuner
 from pytorch_lightning.utilities import rank_zero_only
 
-from hipdisloc.data.classification import ClassificationDataModule, CropDataset
+from hipdisloc.data.classification import ClassificationDataModule
 from hipdisloc.io.atomic import write_csv, write_text
 from hipdisloc.metrics import Selection, confusion_metrics
 from hipdisloc.models.classifier import DislocationClassifier, resolve_pretrained
@@ -147,16 +147,6 @@ class SelectionRecorder(pl.Callback):
         return state, Selection(int(best["index"]), qualified)
 
 
-def predict(model: torch.nn.Module, table: pd.DataFrame, root: Path,
-            batch_size: int = 64) -> np.ndarray:
-    """Scores of the rows of ``table`` (real prevalence, no augmentation), in one process."""
-    ds = CropDataset(table, root, oversample=False, augment="none")
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size)
-    model.eval()
-    with torch.no_grad():
-        return np.concatenate([torch.sigmoid(model(x)).numpy() for x, _, _ in loader])
-
-
 def sample_at_prevalence(table: pd.DataFrame, prevalence: float, seed: int) -> pd.DataFrame:
     """All negatives and as many positives as make ``prevalence`` (fewer negatives if short)."""
     rng = np.random.default_rng(seed)
@@ -191,6 +181,10 @@ class FoldRun:
                 (self.ckpt_dir / stale).unlink(missing_ok=True)
             for stage in STAGES:
                 (self.ckpt_dir / stage / "last.ckpt").unlink(missing_ok=True)
+        if resolve_pretrained(s.pretrained) == "none" and s.head_epochs > 0:
+            log.warning("model.pretrained resolves to none: stage 1 trains the head on a randomly "
+                        "initialised frozen backbone (the paper froze ImageNet weights); put the "
+                        "weights file in place, or set schedule.head_epochs=0 as experiment=demo")
         self.recorder = SelectionRecorder(self.ckpt_dir, s.sensitivity_floor)
         progress = self.ckpt_dir / "progress.json"
         self.progress = json.loads(progress.read_text()) if progress.is_file() else {}
