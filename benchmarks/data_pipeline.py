@@ -94,45 +94,51 @@ ITEM_STEPS = ("load", "decode", "augment", "normalise", "tensor", "collate")
 
 
 def item_costs(crops_dir: Path, n: int, batch_size: int) -> dict:
-    """Microseconds per item of each step of CropDataset.__getitem__ and of collation, timed
-    one step at a time over ``n`` items in this process on one torch and one OpenCV thread (a
-    DataLoader worker's share): ``load`` np.load of the .npy, ``decode`` uint16 -> float32,
-    ``augment`` the training augmentation (flip + affine), ``normalise`` per-image mean/std,
-    ``tensor`` the (1, S, S) tensor and label, ``collate`` default_collate per item;
-    ``getitem`` the whole __getitem__ for comparison, ``sum`` the steps' total."""
+    """Microseconds per item of each step of CropDataset.__getitem__ and of collation, in this
+    process on one torch and one OpenCV thread (a DataLoader worker's share), over ``n`` items
+    fetched a batch at a time as a worker fetches them: ``load`` np.load of the .npy,
+    ``decode`` uint16 -> float32, ``augment`` the training augmentation (flip + affine),
+    ``normalise`` per-image mean/std, ``tensor`` the (1, S, S) tensor and label, ``collate``
+    default_collate of the batch, per item; ``sum`` the steps' total, ``getitem`` the whole
+    __getitem__ timed apart over the same items (to check the split)."""
     default_threads, torch_threads = cv2.getNumThreads(), torch.get_num_threads()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     dm = ClassificationDataModule(str(crops_dir), fold=0, n_folds=10, seed=0, augment="all")
     dm.setup()
     ds = CropDataset(dm.subset("train"), dm.crops_dir, oversample=True, augment="all")
-    rows = [ds.index[i % len(ds)] for i in range(n)]
-    for i in range(min(16, n)):  # warm up: page cache, albumentations, allocator
+    positions = [i % len(ds) for i in range(n)]
+    for i in positions[:16]:  # warm up: page cache, albumentations, allocator
         ds[i]
-    t: dict[str, float] = {}
-
-    def clock(name, fn, inputs):
-        start = time.perf_counter()
-        out = [fn(x) for x in inputs]
-        t[name] = (time.perf_counter() - start) / len(inputs) * 1e6
-        return out
-
-    stored = clock("load", lambda r: cache.load(ds.paths[r], mmap=False), rows)
-    floats = clock("decode", cache.decode, stored)
-    augmented = clock("augment", lambda im: ds.augment(image=im)["image"], floats)
-    normed = clock("normalise", normalise, augmented)
-    items = clock("tensor", lambda ar: (torch.from_numpy(ar[0])[None],
-                                        torch.tensor(ds.labels[ar[1]]), 0),
-                  list(zip(normed, rows, strict=True)))
-    batches = [items[k:k + batch_size] for k in range(0, len(items), batch_size)]
-    start = time.perf_counter()
-    for b in batches:
-        default_collate(b)
-    t["collate"] = (time.perf_counter() - start) / len(items) * 1e6
-    start = time.perf_counter()
-    for i in range(n):
-        ds[i % len(ds)]
-    t["getitem"] = (time.perf_counter() - start) / n * 1e6
+    t = dict.fromkeys(ITEM_STEPS, 0.0)
+    clock = time.perf_counter
+    for k in range(0, n, batch_size):
+        items = []
+        for position in positions[k:k + batch_size]:
+            row = ds.index[position]
+            t0 = clock()
+            stored = cache.load(ds.paths[row], mmap=False)
+            t1 = clock()
+            image = cache.decode(stored)
+            t2 = clock()
+            image = ds.augment(image=image)["image"]
+            t3 = clock()
+            image = normalise(image)
+            t4 = clock()
+            items.append((torch.from_numpy(image)[None], torch.tensor(ds.labels[row]),
+                          position))
+            t5 = clock()
+            for step, dt in zip(ITEM_STEPS, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4),
+                                strict=False):
+                t[step] += dt
+        t0 = clock()
+        default_collate(items)
+        t["collate"] += clock() - t0
+    t = {step: dt / n * 1e6 for step, dt in t.items()}
+    start = clock()
+    for i in positions:
+        ds[i]
+    t["getitem"] = (clock() - start) / n * 1e6
     t["sum"] = sum(t[k] for k in ITEM_STEPS)
     cv2.setNumThreads(default_threads)
     torch.set_num_threads(torch_threads)
@@ -145,7 +151,7 @@ def describe_costs(c: dict) -> str:
     steps = ", ".join(f"{k} {t[k]:.0f}" for k in ITEM_STEPS)
     return (f"  per item, one process, one thread (us): {steps}; sum {t['sum']:.0f} "
             f"(-> {c['implied_per_process_per_s']:.0f}/s per process); whole __getitem__ "
-            f"{t['getitem']:.0f}")
+            f"{t['getitem']:.0f} (timed apart)")
 
 
 def decoded_crops(crops_dir: Path) -> list[np.ndarray]:

@@ -49,7 +49,7 @@ def normalise_argv(argv: list[str]) -> list[str]:
 def fold_settings(cfg: DictConfig):
     from hipdisloc.training import FoldSettings
 
-    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer = _one_gpu_per_parallel_job(cfg, OmegaConf.to_container(cfg.trainer, resolve=True))
     return FoldSettings(
         fold=int(cfg.fold), n_folds=int(cfg.n_folds), seed=int(cfg.seed),
         head_epochs=int(cfg.schedule.head_epochs), full_epochs=int(cfg.schedule.full_epochs),
@@ -64,6 +64,25 @@ def fold_settings(cfg: DictConfig):
         resume=bool(cfg.callbacks.resume), channels_last=bool(cfg.model.channels_last),
         compile=bool(cfg.model.compile), lr_schedule=str(cfg.model.schedule), trainer=trainer,
     )
+
+
+def gpu_for_job(job_num: int, n_gpus: int) -> list[int]:
+    """Parallel fold jobs on one machine (``hydra/launcher=joblib``): job k gets GPU k mod N."""
+    return [job_num % n_gpus]
+
+
+def _one_gpu_per_parallel_job(cfg: DictConfig, trainer: dict) -> dict:
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    launcher = str(hc.launcher.get("_target_", ""))
+    if "joblib" not in launcher.lower() or trainer.get("accelerator") != "gpu" \
+            or trainer.get("devices") != 1:
+        return trainer
+    import torch
+
+    n = torch.cuda.device_count()
+    return {**trainer, "devices": gpu_for_job(int(hc.job.num), n)} if n > 1 else trainer
 
 
 def _this_job_only() -> None:

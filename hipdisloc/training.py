@@ -281,7 +281,8 @@ def train_fold(crops_dir: str | Path, out_dir: str | Path, s: FoldSettings,
     state, chosen = run.recorder.selected_state()
     run.model.load_state_dict(state)
     trainer_args = {k: v for k, v in s.trainer.items()
-                    if k in ("accelerator", "devices", "num_nodes", "strategy", "precision")}
+                    if k in ("accelerator", "devices", "num_nodes", "strategy", "precision",
+                             "enable_progress_bar")}
     scores = run.evaluate(trainer_args)
     dm, history = run.dm, pd.DataFrame(run.recorder.history)
     test = dm.subset("test")

@@ -21,7 +21,7 @@ from hydra import compose, initialize_config_dir
 
 from hipdisloc.paths import CONFIG_DIR, PROJECT_ROOT
 from hipdisloc.pipeline import StageConflict, run_stage
-from hipdisloc.train import normalise_argv
+from hipdisloc.train import gpu_for_job, normalise_argv
 
 TINY = ["experiment=demo", "debug=fast", "n_folds=2", "cohort.phantom.n_patients=40",
         "cohort.phantom.image_size=128", "prepare.image_size=128", "prepare.workers=1",
@@ -101,6 +101,7 @@ def test_command_line_normalisation():
     assert normalise_argv(["t", "fold=range(0,10)", "--multirun"]) == \
         ["t", "--multirun", "fold=range(0,10)"]
     assert normalise_argv(["t", "fold=3..1"]) == ["t", "fold=3,2,1"]
+    assert [gpu_for_job(k, 4) for k in range(6)] == [[0], [1], [2], [3], [0], [1]]
 
 
 def test_a_stage_is_reused_with_its_settings_and_refuses_others(tmp_path):
@@ -120,13 +121,16 @@ def _patient_ids(data_dir: Path) -> set[str]:
 def test_ddp_multirun_over_folds_with_wandb_offline(data_dir, tmp_path):
     sweep = tmp_path / "sweep"
     log = run_train([*TINY, f"paths.data_dir={data_dir}", f"paths.out_dir={sweep}",
-                     "fold=0..1", "-m", "trainer=ddp_cpu", "trainer.devices=2", "logger=wandb"],
+                     "fold=0..1", "-m", "trainer=ddp_cpu", "trainer.devices=2", "logger=wandb",
+                     "model.lr_finder=true"],
                     tmp_path)
     assert "phantom: reusing" in log and "crop: reusing" in log
     crops = pd.read_csv(data_dir / "crops" / "crops.csv")
     for fold in (0, 1):
         r = json.loads((sweep / f"fold{fold}" / "test_metrics.json").read_text())
         assert r["fold"] == fold and r["world_size"] == 2
+        # stage 2's top rate: found once on rank 0, broadcast, within the finder's range
+        assert 1e-6 <= r["lr_stage2_top"] <= 1e-2
         pred = pd.read_csv(sweep / f"fold{fold}" / "predictions.csv")
         # every test image scored exactly once although two ranks shared the test set
         assert len(pred) == r["n_images"] == pred["image_id"].nunique()
