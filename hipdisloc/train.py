@@ -18,6 +18,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from hipdisloc.io.atomic import write_text
 from hipdisloc.paths import CONFIG_DIR
 
 log = logging.getLogger("hipdisloc.train")
@@ -115,6 +116,7 @@ def main(cfg: DictConfig) -> dict | None:
     from hydra.core.hydra_config import HydraConfig
     from pytorch_lightning.utilities import rank_zero_only
 
+    from hipdisloc.sweep import phantom_oracle_auc
     from hipdisloc.tracking import FoldTracker
 
     out = Path(HydraConfig.get().runtime.output_dir)
@@ -134,11 +136,19 @@ def main(cfg: DictConfig) -> dict | None:
         tracker = FoldTracker.from_config(cfg, out)
         r = train_fold(crops, out, fold_settings(cfg), loggers=tracker.loggers)
         if rank_zero_only.rank == 0:
+            oracle = (phantom_oracle_auc(out / "predictions.csv", Path(cfg.paths.data_dir))
+                      if cfg.cohort.get("phantom") is not None else None)
+            if oracle is not None:
+                r["phantom_oracle_auc"] = oracle
+                write_text(done, json.dumps(r, indent=2, default=float))
             tracker.log_fold_result(r, out, crops)
             print(f"fold {r['fold']} -> {out}/test_metrics.json\n"
                   f"  test: {r['n_images']} images ({r['n_positive']} positive), AUC "
                   f"{r['auc']:.3f}, sensitivity {r['sensitivity']:.3f}, specificity "
-                  f"{r['specificity']:.3f}, NPV {r['npv']:.3f}\n  {r['selection']['rule']}")
+                  f"{r['specificity']:.3f}, NPV {r['npv']:.3f}"
+                  + (f" (phantom: image-only oracle AUC {r['phantom_oracle_auc']:.3f})"
+                     if "phantom_oracle_auc" in r else "")
+                  + f"\n  {r['selection']['rule']}")
         return r
     finally:
         if tracker is not None:

@@ -129,6 +129,8 @@ def test_ddp_multirun_over_folds_with_wandb_offline(data_dir, tmp_path):
     for fold in (0, 1):
         r = json.loads((sweep / f"fold{fold}" / "test_metrics.json").read_text())
         assert r["fold"] == fold and r["world_size"] == 2
+        if 0 < r["n_positive"] < r["n_images"]:  # the phantom's best achievable AUC beside it
+            assert 0.0 <= r["phantom_oracle_auc"] <= 1.0
         # stage 2's top rate: found once on rank 0, broadcast, within the finder's range
         assert 1e-6 <= r["lr_stage2_top"] <= 1e-2
         pred = pd.read_csv(sweep / f"fold{fold}" / "predictions.csv")

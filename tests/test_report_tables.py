@@ -152,3 +152,18 @@ def test_table3_markdown(results):
     assert markdown == table3_markdown(table)
     with pytest.raises(ValueError):
         to_markdown(pd.DataFrame({"x": [1]}))
+
+
+def test_table2_carries_the_phantom_oracle_when_the_folds_have_it():
+    results = [{"fold": k, "n_images": 10, "n_positive": 2, "accuracy": .5, "sensitivity": .5,
+                "specificity": .5, "ppv": .2, "npv": .8, "auc": a, "phantom_oracle_auc": o}
+               for k, (a, o) in enumerate([(0.70, 0.80), (0.74, 0.86)])]
+    t = table2(results)
+    mean = t[t["fold"] == "mean"].iloc[0]
+    assert mean["phantom_oracle_auc"] == pytest.approx(0.83)
+    assert mean["auc"] == pytest.approx(0.72)
+    text = to_markdown(t)
+    assert "Oracle AUC (phantom)" in text and "| 0.830 |" in text
+    assert "phantom_oracle_auc" not in table2([{k: v for k, v in r.items()
+                                                if k != "phantom_oracle_auc"}
+                                               for r in results]).columns

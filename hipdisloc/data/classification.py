@@ -116,12 +116,6 @@ class CropDataset(Dataset):
         return torch.from_numpy(normalise(image))[None], torch.tensor(self.labels[row]), position
 
 
-def one_opencv_thread(worker_id: int) -> None:
-    """DataLoader workers are the parallelism: OpenCV's own thread pool in each of them only
-    oversubscribes the cores (torch already runs one thread per worker)."""
-    cv2.setNumThreads(1)
-
-
 class ClassificationDataModule(pl.LightningDataModule):
     def __init__(self, crops_dir: str, fold: int, n_folds: int = 10, seed: int = 0,
                  batch_size: int = 16, num_workers: int = 2, oversample_val: bool = True,
@@ -165,7 +159,6 @@ class ClassificationDataModule(pl.LightningDataModule):
         drop_last = train and len(sampler) > self.batch_size
         return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=drop_last,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          worker_init_fn=one_opencv_thread,
                           persistent_workers=self.num_workers > 0 and name in ("train", "val"))
 
     def train_dataloader(self) -> DataLoader:

@@ -24,6 +24,7 @@ METRIC_NAMES = {"accuracy": "Accuracy", "sensitivity": "Sensitivity",
                 "specificity": "Specificity", "ppv": "PPV", "npv": "NPV", "auc": "AUC"}
 COUNTS = ("n_images", "n_positive")
 TABLE2_COLUMNS = ("fold", *COUNTS, *METRICS)
+ORACLE = "phantom_oracle_auc"  # on the phantom only: the best achievable AUC on the fold's test
 SUMMARY_ROWS = ("mean", "sd", "n")  # n: folds with a defined value, used by mean and sd
 SEXES = ("male", "female")
 PAIRED_TESTS = {"wilcoxon": "Wilcoxon signed-rank (paired by fold)",
@@ -63,16 +64,18 @@ def table2(results: Sequence[Mapping]) -> pd.DataFrame:
     folds = [int(r["fold"]) for r in results]
     if len(set(folds)) != len(folds):
         raise ValueError(f"fold numbers repeat: {sorted(folds)}")
-    rows = [{"fold": int(r["fold"]), **{c: _number(r.get(c)) for c in (*COUNTS, *METRICS)}}
+    values = (*COUNTS, *METRICS, *((ORACLE,) if any(ORACLE in r for r in results) else ()))
+    columns = ["fold", *values]
+    rows = [{"fold": int(r["fold"]), **{c: _number(r.get(c)) for c in values}}
             for r in sorted(results, key=lambda r: int(r["fold"]))]
-    per_fold = pd.DataFrame(rows, columns=list(TABLE2_COLUMNS))
-    summaries = {c: _summary(per_fold[c].astype(float)) for c in (*COUNTS, *METRICS)}
+    per_fold = pd.DataFrame(rows, columns=columns)
+    summaries = {c: _summary(per_fold[c].astype(float)) for c in values}
     summary_rows = [{"fold": name, **{c: summaries[c][i] for c in summaries}}
                     for i, name in enumerate(SUMMARY_ROWS)]
     table = pd.concat([per_fold.astype({"fold": object}),
-                       pd.DataFrame(summary_rows, columns=list(TABLE2_COLUMNS))],
+                       pd.DataFrame(summary_rows, columns=columns)],
                       ignore_index=True)
-    return table.astype({c: float for c in (*COUNTS, *METRICS)})
+    return table.astype({c: float for c in values})
 
 
 def _format_metric(metric: str, value: float) -> str:
@@ -91,18 +94,21 @@ def _metric_header(metric: str) -> str:
 
 def table2_markdown(table: pd.DataFrame) -> str:
     """Table 2 as Markdown: rates in percent (one decimal), AUC with three decimals; the ``sd``
-    row in the same units (percentage points), the ``n`` row as counts of folds."""
-    header = ["Fold", "Images", "Positives", *(_metric_header(m) for m in METRICS)]
+    row in the same units (percentage points), the ``n`` row as counts of folds. On the
+    phantom, a last column gives the image-only oracle's AUC on each fold's test images."""
+    metrics = (*METRICS, *((ORACLE,) if ORACLE in table.columns else ()))
+    header = ["Fold", "Images", "Positives", *(_metric_header(m) for m in METRICS),
+              *(("Oracle AUC (phantom)",) if ORACLE in table.columns else ())]
     rows = []
     for _, row in table.iterrows():
         label = row["fold"]
         if label == "n":
-            rows.append(["Folds used", *(_format_count(row[c], 0) for c in (*COUNTS, *METRICS))])
+            rows.append(["Folds used", *(_format_count(row[c], 0) for c in (*COUNTS, *metrics))])
             continue
         digits = 1 if label in ("mean", "sd") else 0
         name = {"mean": "Mean", "sd": "SD"}.get(label, str(label))
         rows.append([name, *(_format_count(row[c], digits) for c in COUNTS),
-                     *(_format_metric(m, row[m]) for m in METRICS)])
+                     *(_format_metric("auc" if m == ORACLE else m, row[m]) for m in metrics)])
     return _markdown_table(pd.DataFrame(rows, columns=header))
 
 
@@ -188,7 +194,7 @@ def table3_markdown(table: pd.DataFrame) -> str:
 
 def to_markdown(table: pd.DataFrame) -> str:
     """Markdown of a table made by :func:`table2` or :func:`table3` (recognised by columns)."""
-    if tuple(table.columns) == TABLE2_COLUMNS:
+    if tuple(table.columns) in (TABLE2_COLUMNS, (*TABLE2_COLUMNS, ORACLE)):
         return table2_markdown(table)
     if tuple(table.columns) == TABLE3_COLUMNS:
         return table3_markdown(table)
