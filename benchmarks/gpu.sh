@@ -11,10 +11,10 @@
 # bf16 autocast with channels_last, ResNet18, batch 64/128/256, plain loop and through Lightning
 # (ratio, target >= 0.97); head stage and inference rates; what fp32 / bf16 / channels_last each
 # give; the classification data pipeline with 16 workers (samples/s, per worker; target >= 2,000
-# per worker), with and without one OpenCV thread per worker; Lightning fitting our data module
-# (pinned memory) and DislocationClassifier(channels_last=True) end to end; torch.compile; and the
-# projected wall time of the paper's 10-fold study (92,584 images, ~160,000 oversampled samples
-# per epoch, 10 folds x 20 epochs), naming the rate that bounds each phase.
+# per worker) against flip + rotate alone (run after the loader, not before forking its workers);
+# Lightning + our data module (pinned) + DislocationClassifier(channels_last=True) end to end;
+# torch.compile; the projected wall time of the paper's 10-fold study (92,584 images, ~160,000
+# oversampled samples per epoch, 10 folds x 20 epochs), naming the rate that bounds each phase.
 #
 # Writes OUT_DIR/results.json, OUT_DIR/results.txt (readable table), one JSON per section
 # (written as each measurement is made) and OUT_DIR/log.txt. Each section runs in its own
@@ -50,7 +50,7 @@ if [ -n "$dry" ]; then
   caps=(train:60 data:40 e2e:40 compile:40)
 else
   budget=${GPU_BENCH_BUDGET_S:-450}; reserve=20; floor=30
-  caps=(train:170 data:70 e2e:80 compile:110)
+  caps=(train:150 data:90 e2e:90 compile:100)
 fi
 
 say() { echo "[$(date +%T) +$(( $(date +%s) - start ))s] $*" | tee -a "$log"; }

@@ -8,9 +8,10 @@ under a time cap each and says how to run it (read its header first).
   and 256, all layers; the head stage (frozen backbone) at 256; inference (validation) at 256;
   the plain loop at 256 in fp32 and in bf16 without channels_last, to show what each flag buys.
 - ``data``: the classification data pipeline (benchmarks/data_pipeline.py) with 16 workers, as
-  ClassificationDataModule builds it (one-channel items, one OpenCV thread per worker, pinned
-  memory as conf/trainer/gpu_fast.yaml sets it), then without ``one_opencv_thread`` (OpenCV's
-  default thread pool in every worker).
+  ClassificationDataModule builds it (one-channel items, OpenCV's default thread pool in each
+  worker, pinned memory as conf/trainer/gpu_fast.yaml sets it); then its baseline, flip + rotate
+  alone in this process. The baseline runs after the loader on purpose: workers forked after
+  this process has run OpenCV's thread pool may stall (the earlier data section did).
 - ``e2e``: Lightning fitting our ClassificationDataModule itself (16 workers, augmentation on,
   pinned memory, batch 256) and DislocationClassifier(channels_last=True), head stage then all
   layers: the data path and the model together (one channel copied to the GPU, repeated there);
@@ -150,17 +151,25 @@ def section_data(s: Settings, rec: Recorder, workdir: Path) -> None:
     from benchmarks import data_pipeline as dp
 
     w = s.data_workers
-    crops, base = dp.setup([w], s.data_batch, s.data_batches, s.size, workdir)
+    crops = dp.make_crops([w], s.data_batch, s.data_batches, s.size, workdir)
 
-    def measure(variant: dict) -> dict:
-        r = dp.pipeline_rate(crops, w, s.data_batch, s.data_batches, **variant)
-        r = dp.result_row(r, base, s.size, s.data_batch)
+    def measure() -> dict:
+        r = dp.pipeline_rate(crops, w, s.data_batch, s.data_batches)
+        r = dp.result_row(r, None, s.size, s.data_batch)
         print(dp.describe(r), flush=True)
         return r
 
-    rec.attempt(f"data pipeline {w} workers", measure, {})
-    rec.attempt(f"data pipeline {w} workers, OpenCV default threads", measure,
-                {"one_opencv_thread": False})
+    # the loader first: its workers must not be forked after the baseline has run OpenCV's
+    # thread pool in this process
+    row = rec.attempt(f"data pipeline {w} workers", measure)
+    base = rec.attempt("flip+rotate alone, one process", lambda: {
+        "samples": s.data_batches * s.data_batch,
+        "baseline_flip_rotate_per_s": dp.baseline_rate(crops, s.data_batch, s.data_batches)})
+    if row and base:  # the loader's row gets its baseline and ratio
+        row.update(dp.result_row(row, base["baseline_flip_rotate_per_s"], s.size,
+                                 s.data_batch))
+        rec.save()
+        print(dp.describe(row), flush=True)
 
 
 def section_e2e(s: Settings, rec: Recorder, workdir: Path) -> None:
@@ -288,8 +297,6 @@ def summarise(out: Path, status: dict[str, str], s: Settings) -> dict:
                               "lightning_datamodule_images_per_s"),
              "e2e_all": rate("e2e", f"end to end all b{big} {w} workers",
                              "lightning_datamodule_images_per_s"),
-             "data_opencv_default_threads": rate(
-                 "data", f"data pipeline {w} workers, OpenCV default threads", "samples_per_s"),
              "e2e_all_no_channels_last": rate(
                  "e2e", f"end to end all b{big} {w} workers, no channels_last",
                  "lightning_datamodule_images_per_s")}

@@ -118,15 +118,18 @@ def test_scale_tasks_on_a_small_manifest(tmp_path):
 
 
 def test_data_pipeline_measures_the_data_modules_own_loader(tmp_path):
-    crops, base = data_pipeline.setup([1], batch_size=8, batches=2, size=32, workdir=tmp_path)
-    assert base > 0
-    rows = [data_pipeline.pipeline_rate(crops, 1, 8, 2, **variant)
-            for variant in ({}, {"one_opencv_thread": False})]
-    assert [r["variant"] for r in rows] == ["one OpenCV thread per worker",
-                                           "OpenCV default threads per worker"]
-    for r in rows:
-        assert r["samples"] == 16 and r["per_worker_per_s"] == r["samples_per_s"] > 0
-        assert r["pin_memory"] == torch.cuda.is_available()
+    crops = data_pipeline.make_crops([1], batch_size=8, batches=2, size=32, workdir=tmp_path)
+    r = data_pipeline.pipeline_rate(crops, 1, 8, 2)
+    assert r["variant"].startswith("the data module's loader")
+    assert r["samples"] == 16 and r["per_worker_per_s"] == r["samples_per_s"] > 0
+    assert r["pin_memory"] == torch.cuda.is_available()
+    # the baseline after the loader (never before forking workers), then the ratio
+    row = data_pipeline.result_row(r, None, 32, 8)
+    assert "ratio" not in row and "target" in data_pipeline.describe(row)
+    base = data_pipeline.baseline_rate(crops, batch_size=8, batches=2)
+    row = data_pipeline.result_row(r, base, 32, 8)
+    assert base > 0 and math.isclose(row["ratio"], r["per_worker_per_s"] / base)
+    assert "ratio" in data_pipeline.describe(row)
     costs = data_pipeline.item_costs(crops, n=16, batch_size=8)["us_per_item"]
     assert all(costs[k] > 0 for k in (*data_pipeline.ITEM_STEPS, "getitem"))
     assert math.isclose(costs["sum"], sum(costs[k] for k in data_pipeline.ITEM_STEPS))
@@ -170,8 +173,13 @@ def test_gpu_script_dry_run_writes_every_result(tmp_path):
         assert key in summary
     assert summary["headline"] == "end_to_end"
     assert set(summary["projection"]) == {"components", "end_to_end"}
-    assert [r["label"] for r in summary["sections"]["data"]["results"]] == [
-        "data pipeline 2 workers", "data pipeline 2 workers, OpenCV default threads"]
+    loader, baseline = summary["sections"]["data"]["results"]
+    assert (loader["label"], baseline["label"]) == ("data pipeline 2 workers",
+                                                    "flip+rotate alone, one process")
+    # the loader was measured first; its row got the baseline measured after it
+    assert loader["baseline_flip_rotate_per_s"] == baseline["baseline_flip_rotate_per_s"]
+    assert math.isclose(loader["ratio"], loader["per_worker_per_s"]
+                        / baseline["baseline_flip_rotate_per_s"])
     assert [r["label"] for r in summary["sections"]["e2e"]["results"]] == [
         "end to end head b4 2 workers", "end to end all b4 2 workers",
         "end to end all b4 2 workers, no channels_last"]
