@@ -314,4 +314,11 @@ def train_fold(crops_dir: str | Path, out_dir: str | Path, s: FoldSettings,
         write_csv(predictions, out / "predictions.csv")
         write_csv(history, out / "history.csv")
         write_text(out / "test_metrics.json", json.dumps(result, indent=2, default=float))
+        # finished: what only a resume needed goes (a fold keeps ~45 MB, not ~300), so that a
+        # forced rerun (callbacks.skip_finished=false) starts afresh
+        for stage in STAGES:
+            (run.ckpt_dir / stage / "last.ckpt").unlink(missing_ok=True)
+        for name in ("candidate_qualified.pt", "candidate_any.pt", "selection.json",
+                     "progress.json"):
+            (run.ckpt_dir / name).unlink(missing_ok=True)
     return result

@@ -184,6 +184,9 @@ def test_a_killed_fold_resumes_from_its_last_epoch(data_dir, tmp_path):
     history = pd.read_csv(out / "history.csv")
     assert history["epoch"].tolist() == list(range(6))  # each epoch once, none lost
     assert json.loads((out / "test_metrics.json").read_text())["fold"] == 0
+    # finished: the selected weights stay, what only a resume needed is gone
+    assert (out / "checkpoints" / "selected.pt").is_file()
+    assert not list((out / "checkpoints").rglob("last.ckpt")) and not selection.exists()
 
 
 def test_submitit_local_launcher_runs_the_folds(data_dir, tmp_path):
