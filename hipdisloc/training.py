@@ -313,6 +313,9 @@ def train_fold(crops_dir: str | Path, out_dir: str | Path, s: FoldSettings,
                                     "score": scores["test"]})
         write_csv(predictions, out / "predictions.csv")
         write_csv(history, out / "history.csv")
+        folds = dm.table[["image_id", "patient_id", "dislocated", "sex", "group", "subset"]]
+        write_csv(folds.assign(patient_id=[patient_hash(p) for p in folds["patient_id"]])
+                  .rename(columns={"patient_id": "patient"}), out / "fold_table.csv")
         write_text(out / "test_metrics.json", json.dumps(result, indent=2, default=float))
         # finished: what only a resume needed goes (a fold keeps ~45 MB, not ~300), so that a
         # forced rerun (callbacks.skip_finished=false) starts afresh

@@ -139,6 +139,9 @@ def test_ddp_multirun_over_folds_with_wandb_offline(data_dir, tmp_path):
         assert int(pred["dislocated"].sum()) == r["n_positive"]
         assert set(pred["image_id"]) <= set(crops["image_id"])
         assert r["confusion"]["tp"] + r["confusion"]["fn"] == r["n_positive"]
+        table = pd.read_csv(sweep / f"fold{fold}" / "fold_table.csv")
+        assert set(table.loc[table["subset"] == "test", "image_id"]) == set(pred["image_id"])
+        assert (table.groupby("patient")["subset"].nunique() == 1).all()  # no patient in two
         assert len(list((sweep / f"fold{fold}" / "wandb").glob("offline-run-*"))) == 1
     assert len(list((sweep / "wandb").glob("offline-run-*"))) == 1  # the summary run
     table2 = pd.read_csv(sweep / "table2.csv")
