@@ -4,7 +4,9 @@ phantom (only when the cohort is the embedded phantom) -> prepare -> detect -> c
 own folder under ``paths.data_dir``. A stage that finishes writes ``stage.json`` (its settings and
 inputs); the next run with the same settings reuses the folder, and one with other settings stops
 with a message naming the folder (delete it, or use another ``paths.data_dir``) rather than mixing
-two configurations. The jobs of a sweep share the upstream stages: the first takes a file lock and
+two configurations. A stage's settings include the content hash of its inputs (the manifest,
+the boxes, the upstream stage's record), so a rebuilt upstream stage is never silently paired
+with an old downstream one. The jobs of a sweep share the upstream stages: the first takes a file lock and
 builds them, the others wait and reuse. A stage killed midway has no ``stage.json`` and runs again
 (prepare resumes from its journal).
 """
@@ -12,6 +14,7 @@ builds them, the others wait and reuse. A stage killed midway has no ``stage.jso
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -65,6 +68,15 @@ def run_stage(name: str, out: Path, settings: dict, build: Callable[[], object])
     return True
 
 
+def file_sha1(path: Path) -> str:
+    """Content hash of an upstream file: a rebuilt upstream stage invalidates what follows."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _plain(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
@@ -99,7 +111,8 @@ def ensure_prepared(cfg: DictConfig, data_dir: Path, manifest: Path,
     from hipdisloc.prepare import settings_from_config
 
     out = data_dir / "prepared"
-    settings = {**_plain(cfg.prepare), "manifest": str(manifest.resolve())}
+    settings = {**_plain(cfg.prepare), "manifest": str(manifest.resolve()),
+                "manifest_sha1": file_sha1(manifest)}
     settings.pop("workers", None)
     run_stage("prepare", out, settings,
               lambda: prepare(out, settings_from_config(cfg.prepare), manifest=manifest,
@@ -117,7 +130,8 @@ def ensure_detector(cfg: DictConfig, data_dir: Path, prepared: Path,
         raise ValueError("the detector needs boxes: set cohort.boxes=COCO.json")
     out = data_dir / "detector"
     det = _plain(cfg.detector)
-    settings = {"detector": det, "boxes": str(boxes.resolve()), "seed": int(cfg.seed)}
+    settings = {"detector": det, "boxes": str(boxes.resolve()), "boxes_sha1": file_sha1(boxes),
+                "prepared": file_sha1(prepared / STAGE_RECORD), "seed": int(cfg.seed)}
     for key in ("enable_progress_bar",):
         settings["detector"]["trainer"].pop(key, None)
     run_stage("detect", out, settings,
@@ -133,8 +147,9 @@ def ensure_crops(cfg: DictConfig, data_dir: Path, prepared: Path, detector: Path
     out = data_dir / "crops"
     settings = CropSettings(crop_size=int(c["crop_size"]), dilation=float(c["dilation"]),
                             min_score=float(c["min_score"]), cache_dtype=str(c["cache_dtype"]))
-    record = {**c, "detector": str(detector) if detector else None,
-              "boxes": str(boxes) if c["boxes_from"] == "ground_truth" else None}
+    record = {**c, "prepared": file_sha1(prepared / STAGE_RECORD),
+              "detector": file_sha1(detector.parent / STAGE_RECORD) if detector else None,
+              "boxes": file_sha1(boxes) if c["boxes_from"] == "ground_truth" else None}
     record.pop("batch_size", None)
     run_stage("crop", out, record,
               lambda: crop_stage(prepared, out, c["boxes_from"], settings, detector=detector,

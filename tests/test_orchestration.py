@@ -20,7 +20,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from hipdisloc.paths import CONFIG_DIR, PROJECT_ROOT
-from hipdisloc.pipeline import StageConflict, run_stage
+from hipdisloc.pipeline import StageConflict, ensure_prepared, run_stage
 from hipdisloc.train import gpu_for_job, normalise_argv
 
 TINY = ["experiment=demo", "debug=fast", "n_folds=2", "cohort.phantom.n_patients=40",
@@ -213,3 +213,20 @@ def test_report_command_rebuilds_the_tables(data_dir, tmp_path):
     table2 = pd.read_csv(first / "table2.csv")
     auc = json.loads((first / "fold0" / "test_metrics.json").read_text())["auc"]
     assert table2.loc[table2["fold"] == "mean", "auc"].item() == pytest.approx(auc)
+
+
+def test_a_changed_manifest_is_not_paired_with_the_old_prepared_cache(small_phantom, tmp_path):
+    cohort, _ = small_phantom
+    manifest = tmp_path / "manifest.csv"
+    rows = pd.read_csv(cohort / "manifest.csv")
+    rows.to_csv(manifest, index=False)
+    cfg = compose_train(["cohort=manifest", f"cohort.manifest={manifest}", "cohort.boxes=b.json",
+                         "prepare.image_size=64", "prepare.workers=1"])
+    data = tmp_path / "data"
+    ensure_prepared(cfg, data, manifest, cohort)
+    built = (data / "prepared" / "stage.json").stat().st_mtime_ns
+    ensure_prepared(cfg, data, manifest, cohort)  # same manifest: reused
+    assert (data / "prepared" / "stage.json").stat().st_mtime_ns == built
+    rows.iloc[1:].to_csv(manifest, index=False)  # same path, other content
+    with pytest.raises(StageConflict, match="manifest_sha1"):
+        ensure_prepared(cfg, data, manifest, cohort)
