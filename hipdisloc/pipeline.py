@@ -6,9 +6,9 @@ inputs); the next run with the same settings reuses the folder, and one with oth
 with a message naming the folder (delete it, or use another ``paths.data_dir``) rather than mixing
 two configurations. A stage's settings include the content hash of its inputs (the manifest,
 the boxes, the upstream stage's record), so a rebuilt upstream stage is never silently paired
-with an old downstream one. The jobs of a sweep share the upstream stages: the first takes a file lock and
-builds them, the others wait and reuse. A stage killed midway has no ``stage.json`` and runs again
-(prepare resumes from its journal).
+with an old downstream one. The jobs of a sweep share the upstream stages: the first takes a
+file lock and builds them, the others wait and reuse. A stage killed midway has no
+``stage.json`` and runs again (prepare resumes from its journal).
 """
 
 from __future__ import annotations
