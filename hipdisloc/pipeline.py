@@ -13,6 +13,7 @@ file lock and builds them, the others wait and reuse. A stage killed midway has 
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import hashlib
 import json
@@ -130,10 +131,11 @@ def ensure_detector(cfg: DictConfig, data_dir: Path, prepared: Path,
         raise ValueError("the detector needs boxes: set cohort.boxes=COCO.json")
     out = data_dir / "detector"
     det = _plain(cfg.detector)
-    settings = {"detector": det, "boxes": str(boxes.resolve()), "boxes_sha1": file_sha1(boxes),
-                "prepared": file_sha1(prepared / STAGE_RECORD), "seed": int(cfg.seed)}
-    for key in ("enable_progress_bar",):
-        settings["detector"]["trainer"].pop(key, None)
+    recorded = copy.deepcopy(det)  # the progress bar is no setting of the stage's output
+    recorded["trainer"].pop("enable_progress_bar", None)
+    settings = {"detector": recorded, "boxes": str(boxes.resolve()),
+                "boxes_sha1": file_sha1(boxes), "prepared": file_sha1(prepared / STAGE_RECORD),
+                "seed": int(cfg.seed)}
     run_stage("detect", out, settings,
               lambda: train_detector(prepared, boxes, out, det, int(cfg.seed)))
     return out / "detector.pt"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from hipdisloc.io.atomic import write_csv, write_text
 from hipdisloc.report.tables import table2, table2_markdown, table3, table3_markdown
@@ -45,20 +45,6 @@ def phantom_oracle_auc(predictions_csv: Path, data_dir: Path) -> float | None:
     return float(roc_auc_score(pred["dislocated"], pred["risk_image_only"]))
 
 
-def _oracle_of_fold(fold_dir: Path) -> float | None:
-    """The phantom oracle for a fold written without it, from the fold's saved config."""
-    saved = fold_dir / ".hydra" / "config.yaml"
-    if not saved.is_file() or not (fold_dir / "predictions.csv").is_file():
-        return None
-    cfg = OmegaConf.load(saved)
-    if cfg.get("cohort", {}).get("phantom") is None:
-        return None
-    data_dir = Path(cfg.paths.data_dir)
-    if not (data_dir / "phantom" / "oracle.csv").is_file():
-        return None
-    return phantom_oracle_auc(fold_dir / "predictions.csv", data_dir)
-
-
 def fold_results(sweep_dir: str | Path) -> tuple[list[dict], list[str]]:
     folder = Path(sweep_dir)
     results, missing = [], []
@@ -67,12 +53,7 @@ def fold_results(sweep_dir: str | Path) -> tuple[list[dict], list[str]]:
             continue
         path = fold_dir / "test_metrics.json"
         if path.is_file():
-            result = json.loads(path.read_text())
-            if "phantom_oracle_auc" not in result:
-                oracle = _oracle_of_fold(fold_dir)
-                if oracle is not None:
-                    result["phantom_oracle_auc"] = oracle
-            results.append(result)
+            results.append(json.loads(path.read_text()))
         else:
             missing.append(fold_dir.name)
     return results, missing
