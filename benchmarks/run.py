@@ -11,6 +11,8 @@ data_pipeline        CropDataset + DataLoader,          albumentations flip +   
                      samples/s per worker process       rotate alone              per worker
 scale                folds, oversampled index, cache    reading the manifest      seconds, < 2 GB
                      index at 92,584 images
+predict_latency      one radiograph, DICOM in -> risk   the bare fold-ensemble    (ratio)
+                     out, p50/p95; batch throughput     forward, same run
 
 Each module also runs alone (``python -m benchmarks.<name> --help``). On a CUDA machine,
 ``bash benchmarks/gpu.sh OUT_DIR`` measures the training and data rates at paper settings and
@@ -26,6 +28,7 @@ from datetime import date
 from benchmarks import (
     data_pipeline,
     phantom_speed,
+    predict_latency,
     prepare_throughput,
     scale,
     train_throughput,
@@ -33,7 +36,7 @@ from benchmarks import (
 
 BENCHMARKS = {"phantom_speed": phantom_speed, "prepare_throughput": prepare_throughput,
               "train_throughput": train_throughput, "data_pipeline": data_pipeline,
-              "scale": scale}
+              "scale": scale, "predict_latency": predict_latency}
 
 
 def main(argv: list[str] | None = None) -> None:

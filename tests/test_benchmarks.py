@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import data_pipeline, gpu_bench, scale, train_throughput
+from benchmarks import data_pipeline, gpu_bench, predict_latency, scale, train_throughput
 from benchmarks.synthetic import CROPS_COLUMNS, crops_table, write_crops_dir
 from hipdisloc.data.classification import ClassificationDataModule
 from hipdisloc.io import cache
@@ -158,6 +158,20 @@ def test_train_throughput_plain_and_lightning_on_the_data_module():
     assert r["source"] == "datamodule"
     for key in ("plain_images_per_s", "lightning_images_per_s", "ratio"):
         assert np.isfinite(r[key]) and r[key] > 0
+
+
+def test_predict_latency_on_a_sweep_it_builds():
+    (r,) = predict_latency.main(["--folds", "2", "--image-size", "128", "--crop-size", "32",
+                                 "--patients", "4", "--images", "3", "--repeats", "1",
+                                 "--batch-size", "2", "--threads", "1"])
+    assert r["built"] and (r["folds"], r["images"], r["crop_size"], r["threads"]) == (2, 3, 32, 1)
+    for key in ("bare_forward", "end_to_end", "end_to_end_saliency"):
+        assert 0 < r[key]["p50_ms"] <= r[key]["p95_ms"] and r[key]["n"] == 3
+    # end to end holds a whole ensemble forward, and more
+    assert r["ratio_p50"] > 1 and r["ratio_p50_saliency"] > 1
+    assert set(r["stages_p50_ms"]) == {"prepare", "detect", "crop", "ensemble"}
+    assert r["throughput_per_s"] > 0 and r["throughput_saliency_per_s"] > 0
+    assert "DICOM in -> risk out" in predict_latency.describe(r)
 
 
 @pytest.mark.slow
