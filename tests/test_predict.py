@@ -175,6 +175,23 @@ def test_a_folder_with_broken_files_gives_error_rows_and_goes_on(trained, tmp_pa
     assert len(list((out / "json").glob("*.json"))) == 9
 
 
+def test_the_ensemble_is_the_fold_models_own_forward_averaged():
+    from hipdisloc.models.classifier import DislocationClassifier
+    from hipdisloc.prediction.ensemble import FoldEnsemble, spread
+
+    torch.manual_seed(0)
+    models = [DislocationClassifier("none").eval() for _ in range(3)]
+    x = torch.randn(5, 1, 32, 32)
+    mean, per_fold = FoldEnsemble(models)(x)
+    with torch.no_grad():
+        own = torch.stack([torch.sigmoid(m(x)) for m in models], dim=1)
+    torch.testing.assert_close(per_fold, own)
+    torch.testing.assert_close(mean, own.mean(dim=1))
+    s = spread(per_fold.detach().double().numpy())
+    np.testing.assert_allclose(s["score_sd"], own.double().std(dim=1).numpy())
+    assert np.isnan(spread(np.array([[0.3], [0.6]]))["score_sd"]).all()  # one fold: no SD
+
+
 def test_side_known_or_unknown_choice_of_boxes():
     from hipdisloc.cropping import CropSettings
     from hipdisloc.prediction.hips import NoHipError

@@ -261,7 +261,7 @@ def score_batch(scorer: Scorer, items: Sequence[InputItem], outputs: Outputs) ->
     stats = ens.spread(fold_scores)
     calibrated = (np.asarray(study.calibration(stats["score"]), float)
                   if study.calibration is not None else None)
-    maps = ens.saliency(scorer.ensemble, batch) if settings.saliency else None
+    maps = ens.saliency(study.models, batch) if settings.saliency else None
     per_image: dict[str, list[dict]] = {}
     for n, (item, p, hip) in enumerate(hips):
         cal = float(calibrated[n]) if calibrated is not None else None

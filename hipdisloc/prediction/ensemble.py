@@ -18,16 +18,22 @@ from hipdisloc.data.classification import normalise
 
 
 class FoldEnsemble(torch.nn.Module):
+    """The folds' networks (each :class:`DislocationClassifier`'s ``net``, a torchvision
+    ResNet18) on the same batch; the one grey channel is repeated to three as
+    ``DislocationClassifier.forward`` does. Holds plain modules only, so it traces and exports
+    (a LightningModule does not)."""
+
     def __init__(self, models: Sequence[torch.nn.Module]):
         super().__init__()
         if not models:
             raise ValueError("an ensemble needs at least one fold model")
-        self.folds = torch.nn.ModuleList(models)
+        self.nets = torch.nn.ModuleList([getattr(m, "net", m) for m in models])
         self.eval()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean score (B,), fold scores (B, K)) of normalised crops ``x`` (B, 1, S, S)."""
-        scores = torch.stack([torch.sigmoid(m(x)) for m in self.folds], dim=1)
+        x = x.expand(-1, 3, -1, -1)
+        scores = torch.stack([torch.sigmoid(net(x)[:, 0]) for net in self.nets], dim=1)
         return scores.mean(dim=1), scores
 
 
@@ -52,11 +58,11 @@ def score(ensemble: FoldEnsemble, batch: torch.Tensor) -> np.ndarray:
     return per_fold.detach().cpu().double().numpy()
 
 
-def saliency(ensemble: FoldEnsemble, batch: torch.Tensor) -> np.ndarray:
+def saliency(models: Sequence[torch.nn.Module], batch: torch.Tensor) -> np.ndarray:
     """Vanilla-gradient maps (B, S, S) of each fold's dislocation logit
-    (:func:`hipdisloc.report.saliency.attributions`), averaged over the folds."""
+    (:func:`hipdisloc.report.saliency.attributions` on each :class:`DislocationClassifier`),
+    averaged over the folds."""
     from hipdisloc.report.saliency import attributions
 
-    maps = [attributions(m, batch, ("vanilla_gradient",))["vanilla_gradient"]
-            for m in ensemble.folds]
+    maps = [attributions(m, batch, ("vanilla_gradient",))["vanilla_gradient"] for m in models]
     return np.mean(maps, axis=0)

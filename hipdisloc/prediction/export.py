@@ -69,7 +69,9 @@ def export_torchscript(ensemble: FoldEnsemble, example: torch.Tensor, path: Path
 
 
 def run_torchscript(path: Path, x: torch.Tensor) -> tuple:
-    module = torch.jit.load(str(path), map_location="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+        module = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
         return tuple(t.numpy() for t in module(x))
 
