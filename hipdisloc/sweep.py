@@ -76,8 +76,9 @@ def aggregate(sweep_dir: str | Path) -> SweepTables:
     return SweepTables(folder, results, t2, t3, missing)
 
 
-def log_summary_run(tables: SweepTables, cfg: DictConfig) -> None:
-    """One W&B run per sweep (job type ``summary``) with Tables 2 and 3."""
+def log_summary_run(tables: SweepTables, cfg: DictConfig, report=None) -> None:
+    """One W&B run per sweep (job type ``summary``) with Tables 2 and 3, and, when the report
+    was built, its figures, the pooled metrics with CIs and the calibration comparison."""
     import wandb
 
     from hipdisloc.tracking import sweep_group, wandb_mode
@@ -88,6 +89,14 @@ def log_summary_run(tables: SweepTables, cfg: DictConfig) -> None:
                      mode=wandb_mode(str(w.get("mode", "auto"))), reinit="finish_previous")
     run.log({"table2": wandb.Table(dataframe=tables.table2.astype({"fold": str})),
              "table3": wandb.Table(dataframe=tables.table3)})
+    if report is not None:
+        figures = tables.folder / "report" / "figures"
+        run.log({f"figures/{p.stem}": wandb.Image(str(p)) for p in report.figures
+                 if p.parent == figures})
+        for name in ("metrics_ci", "calibration_comparison", "operating_points"):
+            path = tables.folder / "report" / f"{name}.csv"
+            if path.is_file():
+                run.log({name: wandb.Table(dataframe=pd.read_csv(path))})
     mean = tables.table2[tables.table2["fold"] == "mean"].iloc[0]
     run.summary.update({f"mean/{k}": float(mean[k]) for k in
                         ("accuracy", "sensitivity", "specificity", "ppv", "npv", "auc")})
@@ -107,5 +116,29 @@ class AggregateOnSweepEnd(Callback):
         log.info("Table 2 and Table 3 -> %s (%d folds%s)", sweep_dir, len(tables.results),
                  f"; missing: {', '.join(tables.missing)}" if tables.missing else "")
         print((sweep_dir / "table2.md").read_text())
+        report = build_sweep_report(sweep_dir, config)
         if config.logger.get("wandb"):
-            log_summary_run(tables, config)
+            log_summary_run(tables, config, report)
+
+
+def build_sweep_report(sweep_dir: Path, config: DictConfig):
+    """The report at the end of the sweep (``report.build``); a failure is logged, never
+    allowed to lose the tables already written."""
+    settings = config.get("report") or {}
+    if not settings.get("build", True):
+        return None
+    from hipdisloc.report.build import ReportSettings, build_report
+
+    try:
+        report = build_report(sweep_dir, ReportSettings(
+            n_boot=int(settings.get("n_boot", 2000)),
+            target_sensitivities=tuple(float(t) for t in
+                                       settings.get("target_sensitivities", (0.8, 0.9))),
+            saliency=bool(settings.get("saliency", True))))
+    except Exception:  # noqa: BLE001 - the sweep's results are on disk; say why, go on
+        log.exception("the report could not be built; the tables are written. Retry with "
+                      "python -m hipdisloc.report %s", sweep_dir)
+        return None
+    log.info("report -> %s", report.html)
+    print(f"report -> {report.html}")
+    return report

@@ -111,6 +111,18 @@ def _restore_environment(before: dict) -> None:
             os.environ.pop(key, None)
 
 
+def write_inputs_record(cfg: DictConfig, out: Path, crops: Path) -> None:
+    """``inputs.json``: where the fold's upstream stages are (absolute paths) and the resolved
+    configuration, so that ``python -m hipdisloc.report`` and ``predict`` find them later."""
+    data_dir = Path(cfg.paths.data_dir).resolve()
+    config = OmegaConf.to_container(cfg, resolve=True)
+    record = {"experiment": str(cfg.name), "data_dir": str(data_dir),
+              "crops_dir": str(Path(crops).resolve()),
+              "cohort": "phantom" if cfg.cohort.get("phantom") is not None else "manifest",
+              "config": config}
+    write_text(out / "inputs.json", json.dumps(record, indent=2, default=str))
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> dict | None:
     from hydra.core.hydra_config import HydraConfig
@@ -133,6 +145,8 @@ def main(cfg: DictConfig) -> dict | None:
         from hipdisloc.training import train_fold
 
         crops = ensure_upstream(cfg)
+        if rank_zero_only.rank == 0:
+            write_inputs_record(cfg, out, crops)
         tracker = FoldTracker.from_config(cfg, out)
         r = train_fold(crops, out, fold_settings(cfg), loggers=tracker.loggers)
         if rank_zero_only.rank == 0:

@@ -1,8 +1,10 @@
 """Train and evaluate one fold: two-stage ResNet18, the paper's selection rule, test metrics.
 
 Writes to the fold's run directory: ``checkpoints/selected.pt`` (plain state dict),
-``history.csv`` (validation AUC / sensitivity per epoch and stage), ``predictions.csv`` (test
-images at real prevalence, hashed patient ids), ``test_metrics.json`` (DESIGN.md section 2, with
+``history.csv`` (per epoch and stage: validation AUC, sensitivity, specificity and loss, the
+training loss), ``predictions.csv`` (test images at real prevalence, hashed patient ids),
+``validation_predictions.csv`` (the validation images, each once: what a recalibration is
+fitted on), ``test_metrics.json`` (DESIGN.md section 2, with
 the male- and female-only samples at 2 % prevalence under ``by_sex``), and Lightning's CSV logs.
 
 Resumable: every epoch leaves ``checkpoints/<stage>/last.ckpt``, the validation history and the
@@ -29,7 +31,7 @@ from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.tuner import Tuner
 from pytorch_lightning.utilities import rank_zero_only
 
-from hipdisloc.data.classification import ClassificationDataModule
+from hipdisloc.data.classification import ClassificationDataModule, oversampled_index
 from hipdisloc.io.atomic import write_csv, write_text
 from hipdisloc.metrics import Selection, confusion_metrics
 from hipdisloc.models.classifier import DislocationClassifier, resolve_pretrained
@@ -104,6 +106,19 @@ class SelectionRecorder(pl.Callback):
             saved = json.loads(record.read_text())
             self.history, self.best = saved["history"], saved["best"]
 
+    def on_train_epoch_end(self, trainer, module) -> None:
+        """The epoch's mean training loss, on the row its validation wrote (validation runs
+        inside the training epoch, before the epoch's training loss is aggregated)."""
+        loss = trainer.callback_metrics.get("train/loss")
+        for row in reversed(self.history):
+            if (row["stage"], row["epoch"]) == (module.stage, trainer.current_epoch):
+                row["train_loss"] = float(loss) if loss is not None else float("nan")
+                if trainer.is_global_zero:
+                    write_text(self.folder / "selection.json",
+                               json.dumps({"history": self.history, "best": self.best},
+                                          default=float))
+                break
+
     def on_validation_end(self, trainer, module) -> None:  # after the module's epoch-end hook
         if trainer.sanity_checking:
             return
@@ -112,7 +127,8 @@ class SelectionRecorder(pl.Callback):
                "auc": float(m.get("val/auc", float("nan"))),
                "sensitivity": float(m.get("val/sensitivity", float("nan"))),
                "specificity": float(m.get("val/specificity", float("nan"))),
-               "val_loss": float(m.get("val/loss", float("nan")))}
+               "val_loss": float(m.get("val/loss", float("nan"))),
+               "train_loss": float("nan")}  # filled in when the training epoch ends
         # a resumed epoch replaces the row of its interrupted first attempt
         self.history = [h for h in self.history
                         if (h["stage"], h["epoch"]) != (row["stage"], row["epoch"])]
@@ -265,6 +281,15 @@ class FoldRun:
         return out
 
 
+def _prediction_table(images: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:
+    """One row per image (each once, at the subset's real prevalence), patients hashed."""
+    return pd.DataFrame({"image_id": images["image_id"].to_numpy(),
+                         "patient": [patient_hash(p) for p in images["patient_id"]],
+                         "sex": images["sex"].to_numpy(),
+                         "dislocated": images["dislocated"].to_numpy(),
+                         "score": np.asarray(scores, dtype=float)})
+
+
 def train_fold(crops_dir: str | Path, out_dir: str | Path, s: FoldSettings,
                loggers: list[Logger] | None = None) -> dict:
     pl.seed_everything(s.seed + s.fold, workers=True)
@@ -289,6 +314,8 @@ def train_fold(crops_dir: str | Path, out_dir: str | Path, s: FoldSettings,
     metrics = confusion_metrics(test["dislocated"], scores["test"], s.threshold)
     non_training = dm.table[dm.table["subset"] != "train"]
     non_training = non_training.assign(score=scores["non_training"])
+    train_labels = dm.subset("train")["dislocated"].to_numpy(float)
+    trained_on = train_labels[oversampled_index(train_labels)[0]]  # one epoch's labels
     by_sex = {}
     for sex, label in (("M", "male"), ("F", "female")):
         sample = sample_at_prevalence(non_training[non_training["sex"] == sex],
@@ -301,17 +328,21 @@ def train_fold(crops_dir: str | Path, out_dir: str | Path, s: FoldSettings,
                             "epoch": int(history.loc[chosen.index, "epoch"]),
                             "val_auc": float(history.loc[chosen.index, "auc"]),
                             "val_sensitivity": float(history.loc[chosen.index, "sensitivity"])},
+              "calibration_inputs": {
+                  # what a recalibration needs: the positive share the model was trained on
+                  # (oversampled) and its BCE weight, beside the real share in its training set
+                  "train_positive_share": float(trained_on.mean()),
+                  "train_prevalence_real": float(train_labels.mean()),
+                  "pos_weight": float(s.pos_weight)},
               "lr_stage2_top": top_lr, "pretrained": resolve_pretrained(s.pretrained),
               "world_size": second.world_size}
     if second.is_global_zero:
         torch.save({"state_dict": run.model.state_dict(), "hparams": dict(run.model.hparams)},
                    run.ckpt_dir / "selected.pt")
-        predictions = pd.DataFrame({"image_id": test["image_id"].to_numpy(),
-                                    "patient": [patient_hash(p) for p in test["patient_id"]],
-                                    "sex": test["sex"].to_numpy(),
-                                    "dislocated": test["dislocated"].to_numpy(),
-                                    "score": scores["test"]})
-        write_csv(predictions, out / "predictions.csv")
+        write_csv(_prediction_table(test, scores["test"]), out / "predictions.csv")
+        validation = non_training[non_training["subset"] == "val"]
+        write_csv(_prediction_table(validation, validation["score"].to_numpy()),
+                  out / "validation_predictions.csv")
         write_csv(history, out / "history.csv")
         folds = dm.table[["image_id", "patient_id", "dislocated", "sex", "group", "subset"]]
         write_csv(folds.assign(patient_id=[patient_hash(p) for p in folds["patient_id"]])

@@ -11,12 +11,13 @@ data=${data:-data/demo}
 out=${DEMO_DIR:+$DEMO_DIR/outputs}
 out=${out:-outputs/demo}
 echo "== the 10-fold study on the demo phantom (synthetic, not patient data)"
-echo "   phantom -> prepare -> detect -> crop (first fold only) -> 10 folds -> Tables 2 and 3"
+echo "   phantom -> prepare -> detect -> crop (first fold only) -> 10 folds -> Tables 2, 3, report"
 "$py" -m hipdisloc.train experiment=demo fold=0..9 -m paths.data_dir="$data" paths.out_dir="$out"
 "$py" -m hipdisloc.phantom.preview "$data/phantom" "$out/phantom_preview.png" --n 3
 "$py" -m hipdisloc.crop_preview "$data/crops" "$data/prepared" "$out/crop_preview.png"
 cat <<MSG
-Done. Look at: $out/table2.md, $out/table3.md, $out/fold*/test_metrics.json,
+Done. Look at: $out/report/report.html (the whole study in one page), $out/table2.md,
+$out/table3.md, $out/calibration.json, $out/fold*/test_metrics.json,
 $data/prepared/table1.md, $data/detector/detector_metrics.json, $out/crop_preview.png.
 W&B runs (offline unless credentials are configured): $out/fold*/wandb, $out/wandb
   upload: .venv/bin/wandb sync $out/fold*/wandb/offline-run-* $out/wandb/offline-run-*

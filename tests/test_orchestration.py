@@ -92,6 +92,12 @@ def test_the_paper_experiment_is_the_default_and_demo_overrides_it():
     assert demo.name == "demo" and demo.paths.data_dir == "data/demo"
     assert (demo.trainer.strategy, demo.trainer.devices, demo.trainer.accelerator) == \
         ("ddp", 2, "cpu")
+    # the larger demo is the smaller one's base: same recipe, more patients, epochs and pixels
+    large = compose_train(["experiment=demo_large"])
+    assert large.name == "demo_large" and large.paths.data_dir == "data/demo_large"
+    assert (large.model.lr, large.model.pos_weight) == (demo.model.lr, demo.model.pos_weight)
+    assert large.cohort.phantom.n_patients > demo.cohort.phantom.n_patients
+    assert large.crop.crop_size > demo.crop.crop_size
 
 
 def test_command_line_normalisation():

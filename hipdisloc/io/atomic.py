@@ -13,15 +13,17 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def write_text(path: str | Path, text: str) -> None:
+def write_text(path: str | Path, text: str) -> Path:
     path = Path(path)
     tmp = _tmp(path)
     tmp.write_text(text)
     os.replace(tmp, path)
+    return path
 
 
-def write_csv(df: pd.DataFrame, path: str | Path, **kwargs) -> None:
+def write_csv(df: pd.DataFrame, path: str | Path, **kwargs) -> Path:
     path = Path(path)
     tmp = _tmp(path)
     df.to_csv(tmp, index=False, **kwargs)
     os.replace(tmp, path)
+    return path
