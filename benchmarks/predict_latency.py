@@ -9,8 +9,10 @@ Measured, in one process, on the same radiographs:
 - latency of one radiograph through :func:`hipdisloc.prediction.batch.score_batch` with a
   batch of one: read the DICOM, prepare, detect, crop, score with the fold ensemble, calibrate
   and classify, write its JSON (and, ``with saliency``, its saliency overlay PNG); p50 / p95;
-- baseline, same run: the bare fold ensemble forward (:class:`FoldEnsemble`, K ResNet18s) on one
-  normalised crop, p50 / p95; the ratio is p50 end to end / p50 bare forward;
+- baseline, same run: the bare fold ensemble forward (:class:`FoldEnsemble`, K ResNet18s) on
+  that radiograph's normalised crop, p50 / p95; the ratio is p50 end to end / p50 bare forward.
+  The three are timed one after the other for each radiograph, so that they share the
+  machine's state (another job on a shared machine slows all three alike);
 - where the time goes (p50 per stage, one radiograph): prepare, detect, choose + crop, ensemble;
 - batch throughput: :func:`~hipdisloc.prediction.batch.predict` on the radiographs with
   ``--batch-size``, files/s, without and with saliency.
@@ -100,52 +102,61 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
             "n": len(ms)}
 
 
-def end_to_end(scorer: Scorer, items, out: Path, repeats: int) -> dict:
-    """Latency of one radiograph, a batch of one, each item ``repeats`` times (after one
-    warm-up pass that is not counted)."""
-    outputs = Outputs(out, scorer.study)
-    times = []
-    try:
-        score_batch(scorer, items[:1], outputs)  # warm-up
-        for _ in range(repeats):
-            for item in items:
-                start = time.perf_counter()
-                rows = score_batch(scorer, [item], outputs)
-                times.append(time.perf_counter() - start)
-                assert rows and rows[0]["status"] == "ok", rows
-    finally:
-        outputs.close()
-    return percentiles(times)
-
-
-def stages(scorer: Scorer, items, repeats: int) -> tuple[dict, dict]:
-    """p50 per stage (one radiograph), and the bare ensemble forward on one crop."""
+def crop_batch(scorer: Scorer, item) -> tuple[torch.Tensor, dict[str, float]]:
+    """The item's normalised crop (1, 1, S, S), and the seconds of each stage that made it."""
     study = scorer.study
-    clock: dict[str, list[float]] = {"prepare": [], "detect": [], "crop": [], "ensemble": [],
-                                     "bare_forward": []}
-    for _ in range(repeats):
-        for item in items:
-            t0 = time.perf_counter()
-            p = prepare_image(item.file, study.image_size, study.prepare_dtype,
-                              study.apply_voi)
-            t1 = time.perf_counter()
-            (boxes, scores), = scorer.candidates([item], [p])
-            t2 = time.perf_counter()
-            size = p.square.shape[0]
-            hip = choose_hips(boxes, scores, item.side, size, size, study.crop)[0]
-            crop = crop_hip(p, hip, study.crop)
-            batch = ens.as_batch([crop])
-            t3 = time.perf_counter()
-            ens.score(scorer.ensemble, batch)
-            t4 = time.perf_counter()
-            with torch.no_grad():  # the baseline: K ResNet18 forwards, nothing else
-                scorer.ensemble(batch)
-            t5 = time.perf_counter()
-            for name, a, b in (("prepare", t0, t1), ("detect", t1, t2), ("crop", t2, t3),
-                               ("ensemble", t3, t4), ("bare_forward", t4, t5)):
-                clock[name].append(b - a)
-    bare = percentiles(clock.pop("bare_forward"))
-    return {k: percentiles(v)["p50_ms"] for k, v in clock.items()}, bare
+    t0 = time.perf_counter()
+    p = prepare_image(item.file, study.image_size, study.prepare_dtype, study.apply_voi)
+    t1 = time.perf_counter()
+    (boxes, scores), = scorer.candidates([item], [p])
+    t2 = time.perf_counter()
+    size = p.square.shape[0]
+    hip = choose_hips(boxes, scores, item.side, size, size, study.crop)[0]
+    batch = ens.as_batch([crop_hip(p, hip, study.crop)])
+    t3 = time.perf_counter()
+    ens.score(scorer.ensemble, batch)
+    t4 = time.perf_counter()
+    return batch, {"prepare": t1 - t0, "detect": t2 - t1, "crop": t3 - t2, "ensemble": t4 - t3}
+
+
+def latencies(plain: Scorer, salient: Scorer, items, out: Path, repeats: int) -> dict:
+    """Per radiograph, interleaved so that all three see the same machine: end to end without
+    saliency, the bare ensemble forward on its crop (the baseline), end to end with saliency.
+    One warm-up pass is not counted."""
+    crops, stage_times = [], {k: [] for k in ("prepare", "detect", "crop", "ensemble")}
+    for item in items:
+        batch, times = crop_batch(plain, item)
+        crops.append(batch)
+        for k, v in times.items():
+            stage_times[k].append(v)
+    clock: dict[str, list[float]] = {"end_to_end": [], "bare_forward": [],
+                                     "end_to_end_saliency": []}
+    outputs = {"plain": Outputs(out / "plain", plain.study),
+               "salient": Outputs(out / "salient", salient.study)}
+    try:
+        for n in range(repeats + 1):
+            for item, batch in zip(items, crops, strict=True):
+                for name, scorer, key in (("end_to_end", plain, "plain"), ("bare_forward", None,
+                                          None), ("end_to_end_saliency", salient, "salient")):
+                    start = time.perf_counter()
+                    if scorer is None:
+                        with torch.no_grad():  # K ResNet18 forwards, nothing else
+                            plain.ensemble(batch)
+                    else:
+                        rows = score_batch(scorer, [item], outputs[key])
+                    seconds = time.perf_counter() - start
+                    if scorer is not None:
+                        assert rows and rows[0]["status"] == "ok", rows
+                    if n > 0:
+                        clock[name].append(seconds)
+                if n == 0:
+                    break  # warm-up: one radiograph
+    finally:
+        for o in outputs.values():
+            o.close()
+    result = {k: percentiles(v) for k, v in clock.items()}
+    result["stages_p50_ms"] = {k: percentiles(v)["p50_ms"] for k, v in stage_times.items()}
+    return result
 
 
 def throughput(study: Study, items, out: Path, batch_size: int, saliency: bool) -> float:
@@ -159,19 +170,18 @@ def measure(sweep: Path, images: int, repeats: int, batch_size: int, workdir: Pa
     workdir.mkdir(parents=True, exist_ok=True)
     study = load_study(sweep)
     items = from_manifest(radiographs(study, images, workdir))
-    fast = Scorer(study, PredictSettings(saliency=False, progress=False))
-    slow = Scorer(study, PredictSettings(saliency=True, progress=False))
-    per_stage, bare = stages(fast, items, repeats)
-    plain = end_to_end(fast, items, workdir / "e2e", repeats)
-    with_saliency = end_to_end(slow, items, workdir / "e2e_saliency", repeats)
+    plain = Scorer(study, PredictSettings(saliency=False, progress=False))
+    salient = Scorer(study, PredictSettings(saliency=True, progress=False))
+    lat = latencies(plain, salient, items, workdir / "latency", repeats)
+    bare = lat["bare_forward"]
     return {
         "sweep": str(sweep), "folds": len(study.folds), "images": len(items),
         "image_size": study.image_size, "crop_size": study.crop.crop_size,
         "threads": torch.get_num_threads(), "bare_forward": bare,
-        "end_to_end": plain, "end_to_end_saliency": with_saliency,
-        "ratio_p50": plain["p50_ms"] / bare["p50_ms"],
-        "ratio_p50_saliency": with_saliency["p50_ms"] / bare["p50_ms"],
-        "stages_p50_ms": per_stage, "batch_size": batch_size,
+        "end_to_end": lat["end_to_end"], "end_to_end_saliency": lat["end_to_end_saliency"],
+        "ratio_p50": lat["end_to_end"]["p50_ms"] / bare["p50_ms"],
+        "ratio_p50_saliency": lat["end_to_end_saliency"]["p50_ms"] / bare["p50_ms"],
+        "stages_p50_ms": lat["stages_p50_ms"], "batch_size": batch_size,
         "throughput_per_s": throughput(study, items, workdir / "batch", batch_size, False),
         "throughput_saliency_per_s": throughput(study, items, workdir / "batch_s",
                                                 batch_size, True),
