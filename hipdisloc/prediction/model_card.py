@@ -42,8 +42,9 @@ LIMITATIONS = [
     "radiographs).",
     "Only image-visible risk factors can be learnt; clinical factors (sex, age, BMI) and "
     "anything not on the radiograph are not used.",
-    "Each fold model scored its own training images during training; the ensemble's scores "
-    "on the sweep's cohort are therefore optimistic: judge it on the per-fold test metrics.",
+    "Every image of the sweep's own cohort was a training image of most fold models: the "
+    "ensemble's scores on that cohort are optimistic; judge the models on the per-fold test "
+    "metrics, and the ensemble on new radiographs.",
 ]
 
 
@@ -193,10 +194,10 @@ def to_markdown(card: dict) -> str:
                  "cross-validation.")
     if data.get("phantom_summary"):
         s = data["phantom_summary"]
-        lines.append("- Phantom: " + ", ".join(f"{k} {v}" for k, v in s.items()
-                                                if k in ("n_patients", "n_thas", "n_images",
-                                                         "prevalence_included_images",
-                                                         "oracle_auc_image_only")) + ".")
+        lines.append("- Phantom: " + ", ".join(
+            f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in s.items()
+            if k in ("n_patients", "n_thas", "n_images", "prevalence_included_images",
+                     "oracle_auc_image_only")) + ".")
     if data.get("prepared"):
         p = data["prepared"]
         lines.append(f"- Prepared: in {p['n_in']} = prepared {p['n_prepared']} + excluded "
