@@ -12,7 +12,8 @@ Modules, from the bottom up:
   saliency maps;
 - :mod:`~hipdisloc.prediction.batch`: the streaming batch loop, error rows, the output files;
 - :mod:`~hipdisloc.prediction.export`: TorchScript and ONNX export, checked against eager;
-- :mod:`~hipdisloc.prediction.model_card`: the model card (Markdown + JSON).
+- :mod:`~hipdisloc.prediction.model_card`: the model card (Markdown + JSON);
+- :mod:`~hipdisloc.prediction.preview`: a picture of a run (overlays with their scores).
 
 ``python -m hipdisloc.predict`` is the command line (:mod:`hipdisloc.predict`).
 """
