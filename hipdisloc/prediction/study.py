@@ -11,7 +11,6 @@ scores into risks and may carry an operating point.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import json
 import logging
@@ -177,13 +176,9 @@ def load_calibration(path: Path, target_sensitivity: float = 0.8):
     if not isinstance(record, dict):
         raise StudyError(f"{path}: not a calibration record (a JSON object expected)")
     try:
-        recipe = Recalibration.load(path)
-    except ValueError:
-        known = {f.name for f in dataclasses.fields(Recalibration)}
-        try:
-            recipe = Recalibration(**{k: v for k, v in record.items() if k in known})
-        except TypeError as err:
-            raise StudyError(f"{path}: not a calibration record ({err})") from err
+        recipe = Recalibration.load(path)  # keeps the recipe's fields, leaves the rest
+    except ValueError as err:
+        raise StudyError(str(err)) from err
     note = f"calibration.json: {getattr(recipe, 'fitted_on', '') or 'recipe loaded'}"
     return recipe, note, operating_point_from_record(record, target_sensitivity)
 
