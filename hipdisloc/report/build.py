@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 
 from hipdisloc.io.atomic import write_csv, write_text
+from hipdisloc.metrics import confusion_metrics
 from hipdisloc.report import analysis, figures
 from hipdisloc.report.calibration import FILENAME as CALIBRATION_FILE
-from hipdisloc.report.document import Block, Section, render_html, render_markdown
+from hipdisloc.report.document import Section, render_html, render_markdown
 from hipdisloc.report.sweep_data import FoldOutputs, SweepInputs, load_folds, load_inputs
 from hipdisloc.sweep import aggregate
 
@@ -223,7 +224,6 @@ def build_report(sweep_dir: str | Path, settings: ReportSettings = ReportSetting
         s_fig.figure(made[-1], "Training and validation loss per epoch (BCE, positive class "
                      "weighted); grey line: the stage boundary; red: the selected checkpoint.")
     test = analysis.pooled_test(folds)
-    from hipdisloc.metrics import confusion_metrics
     matrices = {f"fold {f.fold}": f.metrics["confusion"] for f in folds}
     matrices["pooled"] = confusion_metrics(test["dislocated"], test["score"],
                                            threshold)["confusion"]
@@ -362,6 +362,3 @@ def build_report(sweep_dir: str | Path, settings: ReportSettings = ReportSetting
     md_path = write_text(out / "report.md", render_markdown(title, sections, out, banner))
     return ReportFiles(html_path, md_path, made, calibration_path, brier_raw, brier_recal,
                        sanity)
-
-
-__all__ = ["Block", "ReportSettings", "ReportFiles", "build_report"]
