@@ -117,7 +117,7 @@ def item_costs(crops_dir: Path, n: int, batch_size: int) -> dict:
             t1 = clock()
             image = cache.decode(stored)
             t2 = clock()
-            image = ds.augment(image=image)["image"]
+            image = ds.augment(image)
             t3 = clock()
             image = normalise(image)
             t4 = clock()
