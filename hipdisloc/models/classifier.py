@@ -174,3 +174,18 @@ class DislocationClassifier(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         scores, labels, pos = self._gathered("test")
         self.last_predictions = {"score": scores, "label": labels, "position": pos}
+
+
+def load_selected(checkpoint: str | Path) -> DislocationClassifier:
+    """A fold's ``checkpoints/selected.pt`` ({"state_dict", "hparams"}) as a model in eval mode
+    on the CPU: no compile, no channels_last, no ImageNet file read (the state dict holds every
+    weight); hyperparameters this version does not know are left out."""
+    import inspect
+
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    known = set(inspect.signature(DislocationClassifier.__init__).parameters) - {"self"}
+    hparams = {k: v for k, v in dict(saved["hparams"]).items() if k in known}
+    hparams.update(pretrained="none", compile=False, channels_last=False)
+    model = DislocationClassifier(**hparams)
+    model.load_state_dict(saved["state_dict"])
+    return model.eval()

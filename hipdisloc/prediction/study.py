@@ -11,18 +11,16 @@ scores into risks and may carry an operating point.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from hipdisloc.cropping import CropSettings
-from hipdisloc.models.classifier import DislocationClassifier
+from hipdisloc.models.classifier import DislocationClassifier, load_selected
 from hipdisloc.paths import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
@@ -73,17 +71,10 @@ def load_fold_model(checkpoint: str | Path) -> DislocationClassifier:
     """A fold's selected model, in eval mode on the CPU (no compile, no ImageNet file read:
     the state dict holds every weight)."""
     try:
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        state, hparams = saved["state_dict"], dict(saved["hparams"])
+        return load_selected(checkpoint)
     except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is one error
         raise StudyError(f"{checkpoint}: not a fold checkpoint ({type(err).__name__}: {err})"
                          ) from err
-    known = set(inspect.signature(DislocationClassifier.__init__).parameters) - {"self"}
-    hparams = {k: v for k, v in hparams.items() if k in known}
-    hparams.update(pretrained="none", compile=False, channels_last=False)
-    model = DislocationClassifier(**hparams)
-    model.load_state_dict(state)
-    return model.eval()
 
 
 def resolve_data_dir(value: str, sweep: Path) -> Path | None:

@@ -4,6 +4,7 @@ implant mask against the mask's share of the crop."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,21 +15,9 @@ from PIL import Image
 from hipdisloc.data.classification import normalise
 from hipdisloc.geometry import crop_square, square_resize
 from hipdisloc.io import cache
+from hipdisloc.models.classifier import load_selected
 from hipdisloc.report.saliency import METHODS, attributions, mask_share, overlay
 from hipdisloc.report.sweep_data import FoldOutputs, SweepInputs
-
-
-def load_classifier(weights: str | Path) -> torch.nn.Module:
-    """A fold's selected classifier (``selected.pt``) for inference on the CPU; the weights file
-    holds everything (no ImageNet file is read)."""
-    from hipdisloc.models.classifier import DislocationClassifier
-
-    saved = torch.load(weights, map_location="cpu", weights_only=False)
-    hparams = {**saved["hparams"], "pretrained": "none", "compile": False,
-               "channels_last": False}
-    model = DislocationClassifier(**hparams)
-    model.load_state_dict(saved["state_dict"])
-    return model.eval()
 
 
 def representative(test: pd.DataFrame, threshold: float) -> dict[str, pd.Series | None]:
@@ -71,7 +60,7 @@ def saliency_examples(folds: list[FoldOutputs], inputs: SweepInputs, threshold_o
     for fold in folds:
         if not fold.selected_weights.is_file():
             continue
-        model = load_classifier(fold.selected_weights)
+        model = load_selected(fold.selected_weights)
         for kind, row in representative(fold.test, threshold_of(fold)).items():
             if row is None or row["image_id"] not in crops.index:
                 continue
@@ -97,8 +86,6 @@ def saliency_examples(folds: list[FoldOutputs], inputs: SweepInputs, threshold_o
 
 
 def _prepared_size(inputs: SweepInputs) -> int:
-    import json
-
     record = json.loads((inputs.stage("prepared") / "prepare.json").read_text())
     return int(record["settings"]["image_size"])
 
