@@ -5,12 +5,13 @@ flip + rotate alone on the same arrays, in the same run.
         [--batches 12] [--size 224] [--no-breakdown]
 
 Measured: the training loader of ClassificationDataModule (hipdisloc/data/classification.py) as
-training builds it, on a synthetic crop cache in the cache format (benchmarks/synthetic.py): for
-each item CropDataset reads the crop (uint16 .npy, page cache warm), decodes it to float, augments
-it (flip, rotation +/-10 deg, zoom <= 10 %), normalises it per image (cv2.meanStdDev) and makes the
-one-channel tensor (1, S, S) (the model repeats the channel on the device); the DataLoader collates
-batches in the worker processes when there are any (each keeps OpenCV's default thread pool, as the
-data module leaves it), memory pinned when CUDA is there (``pin_memory``, as
+training builds it (``prepare_data`` packs the crops into one memory-mapped array first), on a
+synthetic crop cache in the cache format (benchmarks/synthetic.py): CropDataset fetches a batch at
+a time (``__getitems__``); for each item it slices the crop out of the pack (uint16, page cache
+warm), decodes it to float, augments it (flip, rotation +/-10 deg, zoom <= 10 %, one warp) and
+normalises it per image (cv2.meanStdDev) straight into the one-channel batch tensor (B, 1, S, S)
+(the model repeats the channel on the device), which a worker allocates in shared memory (each
+worker keeps OpenCV's default thread pool, as the data module leaves it); memory pinned when CUDA is there (``pin_memory``, as
 conf/trainer/gpu_fast.yaml sets it). The clock starts once the first ``2 * workers + 1`` batches
 are out (workers started) and runs over ``--batches`` more; the rate is divided by the number of
 processes doing the work (0 workers: the main process alone, counted as one and held to one core:
@@ -36,10 +37,14 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import default_collate
 
 from benchmarks.synthetic import write_crops_dir
-from hipdisloc.data.classification import ClassificationDataModule, CropDataset, normalise
+from hipdisloc.data.classification import (
+    ClassificationDataModule,
+    CropDataset,
+    batch_buffer,
+    normalise,
+)
 from hipdisloc.io import cache
 
 TARGET_PER_WORKER = 2000.0
@@ -64,6 +69,7 @@ def pipeline_rate(crops_dir: Path, workers: int, batch_size: int, batches: int,
     dm = ClassificationDataModule(str(crops_dir), fold=0, n_folds=10, seed=0,
                                   batch_size=batch_size, num_workers=workers, augment="all",
                                   pin_memory=pin_memory)
+    dm.prepare_data()  # the pack, as training builds it
     dm.setup()
     loader = dm.train_dataloader()
     warmup = 2 * workers + 1
@@ -86,55 +92,55 @@ def pipeline_rate(crops_dir: Path, workers: int, batch_size: int, batches: int,
             "samples_per_s": rate, "per_worker_per_s": rate / max(workers, 1)}
 
 
-ITEM_STEPS = ("load", "decode", "augment", "normalise", "tensor", "collate")
+ITEM_STEPS = ("read", "decode", "augment", "normalise", "batch")
 
 
 def item_costs(crops_dir: Path, n: int, batch_size: int) -> dict:
-    """Microseconds per item of each step of CropDataset.__getitem__ and of collation, in this
-    process on one torch and one OpenCV thread (a DataLoader worker's share), over ``n`` items
-    fetched a batch at a time as a worker fetches them: ``load`` np.load of the .npy,
-    ``decode`` uint16 -> float32, ``augment`` the training augmentation (flip + affine),
-    ``normalise`` per-image mean/std, ``tensor`` the (1, S, S) tensor and label, ``collate``
-    default_collate of the batch, per item; ``sum`` the steps' total, ``getitem`` the whole
-    __getitem__ timed apart over the same items (to check the split)."""
+    """Microseconds per item of each step of CropDataset.__getitems__, in this process on one
+    torch and one OpenCV thread (a DataLoader worker's share), over ``n`` items fetched a batch
+    at a time as a worker fetches them: ``read`` the crop's integers (a slice of the memory-
+    mapped pack, copied), ``decode`` uint16 -> float32, ``augment`` the training augmentation
+    (one warp), ``normalise`` per-image mean/std into the batch tensor, ``batch`` the batch
+    tensor's allocation (here in private memory: a worker's shared-memory allocation costs more,
+    and is in the loader rates above) and the label and position tensors, per item; ``sum`` the
+    steps' total, ``getitems`` the whole __getitems__ timed apart over the same batches (to
+    check the split)."""
     default_threads, torch_threads = cv2.getNumThreads(), torch.get_num_threads()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     dm = ClassificationDataModule(str(crops_dir), fold=0, n_folds=10, seed=0, augment="all")
+    dm.prepare_data()
     dm.setup()
-    ds = CropDataset(dm.subset("train"), dm.crops_dir, oversample=True, augment="all")
+    ds = CropDataset(dm.subset("train"), dm.crops_dir, oversample=True, augment="all",
+                     pack=dm.pack_index())
     positions = [i % len(ds) for i in range(n)]
-    for i in positions[:16]:  # warm up: page cache, albumentations, allocator
-        ds[i]
+    batches = [positions[k:k + batch_size] for k in range(0, n, batch_size)]
+    ds.__getitems__(positions[:16])  # warm up: page cache, OpenCV, allocator
     t = dict.fromkeys(ITEM_STEPS, 0.0)
     clock = time.perf_counter
-    for k in range(0, n, batch_size):
-        items = []
-        for position in positions[k:k + batch_size]:
-            row = ds.index[position]
+    for batch in batches:
+        t0 = clock()
+        images = batch_buffer((len(batch), 1, *ds.stored(0).shape))
+        rows = ds.index[batch]
+        torch.from_numpy(ds.labels[rows]), torch.as_tensor(batch)
+        t["batch"] += clock() - t0
+        for k, row in enumerate(rows):
             t0 = clock()
-            stored = cache.load(ds.paths[row], mmap=False)
+            stored = np.array(ds.stored(row))
             t1 = clock()
             image = cache.decode(stored)
             t2 = clock()
             image = ds.augment(image)
             t3 = clock()
-            image = normalise(image)
+            normalise(image, images[k, 0].numpy())
             t4 = clock()
-            items.append((torch.from_numpy(image)[None], torch.tensor(ds.labels[row]),
-                          position))
-            t5 = clock()
-            for step, dt in zip(ITEM_STEPS, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4),
-                                strict=False):
+            for step, dt in zip(ITEM_STEPS, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=False):
                 t[step] += dt
-        t0 = clock()
-        default_collate(items)
-        t["collate"] += clock() - t0
     t = {step: dt / n * 1e6 for step, dt in t.items()}
     start = clock()
-    for i in positions:
-        ds[i]
-    t["getitem"] = (clock() - start) / n * 1e6
+    for batch in batches:
+        ds.__getitems__(batch)
+    t["getitems"] = (clock() - start) / n * 1e6
     t["sum"] = sum(t[k] for k in ITEM_STEPS)
     cv2.setNumThreads(default_threads)
     torch.set_num_threads(torch_threads)
@@ -146,8 +152,8 @@ def describe_costs(c: dict) -> str:
     t = c["us_per_item"]
     steps = ", ".join(f"{k} {t[k]:.0f}" for k in ITEM_STEPS)
     return (f"  per item, one process, one thread (us): {steps}; sum {t['sum']:.0f} "
-            f"(-> {c['implied_per_process_per_s']:.0f}/s per process); whole __getitem__ "
-            f"{t['getitem']:.0f} (timed apart)")
+            f"(-> {c['implied_per_process_per_s']:.0f}/s per process); whole __getitems__ "
+            f"{t['getitems']:.0f} (timed apart)")
 
 
 def decoded_crops(crops_dir: Path) -> list[np.ndarray]:

@@ -17,7 +17,8 @@ from hipdisloc.paths import CONFIG_DIR
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="crop")
 def main(cfg: DictConfig) -> None:
     settings = CropSettings(crop_size=int(cfg.crop_size), dilation=float(cfg.dilation),
-                            min_score=float(cfg.min_score), cache_dtype=str(cfg.cache_dtype))
+                            min_score=float(cfg.min_score), cache_dtype=str(cfg.cache_dtype),
+                            pack=bool(cfg.get("pack", True)))
     try:
         crops = crop_stage(cfg.prepared_dir, cfg.out_dir, str(cfg.boxes_from), settings,
                            detector=cfg.detector, boxes=cfg.boxes,

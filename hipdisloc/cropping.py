@@ -21,6 +21,7 @@ from tqdm import tqdm
 from hipdisloc.geometry import IMAGE_HALF_OF_SIDE, crop_square, dilate_box, image_half
 from hipdisloc.io import cache
 from hipdisloc.io.atomic import write_csv
+from hipdisloc.io.pack import build_pack
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class CropSettings:
     dilation: float = 0.10
     min_score: float = 0.5
     cache_dtype: str = "uint16"
+    pack: bool = True  # also write crops_pack.npy: every crop in one memory-mapped array
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ def crop_all(prepared_dir: str | Path, out_dir: str | Path, candidates: dict[str
     write_csv(crops, out / "crops.csv")
     write_csv(pd.DataFrame(excluded, columns=["image_id", "line", "path", "stage", "reason",
                                                "detail"]), out / "crop_exclusions.csv")
+    if settings.pack and (crops.get("crop_path", pd.Series(dtype=str)) != "").any():
+        build_pack(out)  # what training reads (hipdisloc.io.pack)
     return crops
 
 

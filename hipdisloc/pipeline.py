@@ -148,11 +148,13 @@ def ensure_crops(cfg: DictConfig, data_dir: Path, prepared: Path, detector: Path
     c = _plain(cfg.crop)
     out = data_dir / "crops"
     settings = CropSettings(crop_size=int(c["crop_size"]), dilation=float(c["dilation"]),
-                            min_score=float(c["min_score"]), cache_dtype=str(c["cache_dtype"]))
+                            min_score=float(c["min_score"]), cache_dtype=str(c["cache_dtype"]),
+                            pack=bool(c.get("pack", True)))
     record = {**c, "prepared": file_sha1(prepared / STAGE_RECORD),
               "detector": file_sha1(detector.parent / STAGE_RECORD) if detector else None,
               "boxes": file_sha1(boxes) if c["boxes_from"] == "ground_truth" else None}
     record.pop("batch_size", None)
+    record.pop("pack", None)  # how crops are stored for reading, not which crops
     run_stage("crop", out, record,
               lambda: crop_stage(prepared, out, c["boxes_from"], settings, detector=detector,
                                  boxes=boxes, batch_size=int(c.get("batch_size", 8))))

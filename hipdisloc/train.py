@@ -55,7 +55,7 @@ def fold_settings(cfg: DictConfig):
         fold=int(cfg.fold), n_folds=int(cfg.n_folds), seed=int(cfg.seed),
         head_epochs=int(cfg.schedule.head_epochs), full_epochs=int(cfg.schedule.full_epochs),
         batch_size=int(cfg.schedule.batch_size), num_workers=int(cfg.data.num_workers),
-        pin_memory=bool(cfg.data.pin_memory),
+        pin_memory=bool(cfg.data.pin_memory), packed=bool(cfg.data.get("packed", True)),
         pretrained=str(cfg.model.pretrained), pos_weight=float(cfg.model.pos_weight),
         lr=float(cfg.model.lr), lr_finder=bool(cfg.model.lr_finder),
         lr_slice_ratio=float(cfg.model.lr_slice_ratio), threshold=float(cfg.model.threshold),
@@ -64,6 +64,7 @@ def fold_settings(cfg: DictConfig):
         by_sex_prevalence=float(cfg.evaluation.by_sex_prevalence),
         resume=bool(cfg.callbacks.resume), channels_last=bool(cfg.model.channels_last),
         compile=bool(cfg.model.compile), lr_schedule=str(cfg.model.schedule), trainer=trainer,
+        progress_interval=float(cfg.callbacks.get("progress_interval", 0.5)),
     )
 
 

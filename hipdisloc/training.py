@@ -50,6 +50,7 @@ class FoldSettings:
     batch_size: int = 16
     num_workers: int = 2
     pin_memory: bool = False
+    packed: bool = True  # read crops from the crops directory's pack (hipdisloc.io.pack)
     pretrained: str = "none"
     pos_weight: float = 25.0
     lr: float = 1e-4
@@ -187,7 +188,8 @@ class FoldRun:
         self.extra_loggers = loggers or []
         self.dm = ClassificationDataModule(str(crops_dir), s.fold, s.n_folds, s.seed,
                                            s.batch_size, s.num_workers, s.oversample_val,
-                                           s.augment, pin_memory=s.pin_memory)
+                                           s.augment, pin_memory=s.pin_memory,
+                                           packed=s.packed)
         self.dm.setup()
         self.model = DislocationClassifier(s.pretrained, s.pos_weight, s.lr, s.lr_slice_ratio,
                                            s.threshold, s.channels_last, s.compile,

@@ -131,7 +131,7 @@ def test_data_pipeline_measures_the_data_modules_own_loader(tmp_path):
     assert base > 0 and math.isclose(row["ratio"], r["per_worker_per_s"] / base)
     assert "ratio" in data_pipeline.describe(row)
     costs = data_pipeline.item_costs(crops, n=16, batch_size=8)["us_per_item"]
-    assert all(costs[k] > 0 for k in (*data_pipeline.ITEM_STEPS, "getitem"))
+    assert all(costs[k] > 0 for k in (*data_pipeline.ITEM_STEPS, "getitems"))
     assert math.isclose(costs["sum"], sum(costs[k] for k in data_pipeline.ITEM_STEPS))
 
 

@@ -8,10 +8,17 @@ not only the copies: copies exist only for the dislocated class, so augmenting c
 gave validation AUC 0.93 and test AUC 0.60 (experiments/README.md). Validation repeats are exact
 duplicates. The test subset stays at its real prevalence. Each rank of a DDP run gets a disjoint
 share of the oversampled epoch (:class:`OversampledSampler`).
+
+Loaders fetch whole batches (:meth:`CropDataset.__getitems__`): each item is read from the
+crops directory's pack (one memory-mapped array, :mod:`hipdisloc.io.pack`; built by
+``prepare_data`` when missing or stale) and normalised straight into the batch tensor, which a
+DataLoader worker allocates in shared memory; without a pack, one ``.npy`` per crop is read.
+Either way the values are those of :meth:`CropDataset.__getitem__`, bit for bit.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -20,10 +27,13 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from hipdisloc.folds import assign_fold_groups, fold_subsets
 from hipdisloc.io import cache
+from hipdisloc.io.pack import PackIndex, ensure_pack, load_pack_index, open_array, pack_problem
+
+log = logging.getLogger(__name__)
 
 
 def oversampled_index(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -101,10 +111,26 @@ def train_augmentation(zoom: float = 0.10, rotate: float = 10.0) -> FlipRotateZo
     return FlipRotateZoom(zoom, rotate)
 
 
-def normalise(image: np.ndarray) -> np.ndarray:
-    """Per-image mean/std normalisation (the paper), float32, in one pass over the pixels."""
+def normalise(image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Per-image mean/std normalisation (the paper) of a float32 image, into ``out`` when
+    given (a float32 array of its shape), else into a new array."""
     mean, std = cv2.meanStdDev(image)
-    return (image - np.float32(mean[0, 0])) * np.float32(1.0 / (std[0, 0] + 1e-6))
+    out = np.subtract(image, np.float32(mean[0, 0]), out=out)
+    return np.multiply(out, np.float32(1.0 / (std[0, 0] + 1e-6)), out=out)
+
+
+def batch_buffer(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised float32 tensor for a batch; in a DataLoader worker it lies in shared
+    memory, so that handing it to the main process copies nothing (as default_collate does)."""
+    if get_worker_info() is None:
+        return torch.empty(shape)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)
+    return torch.empty(0).set_(storage, 0, shape)
+
+
+def already_collated(batch):
+    """The DataLoader's collate_fn for datasets whose ``__getitems__`` returns whole batches."""
+    return batch
 
 
 AUGMENT_CHOICES = ("all", "copies", "none")
@@ -115,11 +141,13 @@ class CropDataset(Dataset):
     the model repeats it (DislocationClassifier.forward), after the copy to the device.
 
     ``augment``: ``all`` (every item, random), ``copies`` (only the oversampled repeats: a label
-    shortcut, kept for ablations) or ``none``.
+    shortcut, kept for ablations) or ``none``. ``pack``: read crops from the crops directory's
+    pack instead of one file each. A DataLoader gets whole batches from :meth:`__getitems__`
+    (use ``collate_fn=already_collated``).
     """
 
     def __init__(self, table: pd.DataFrame, root: str | Path, oversample: bool,
-                 augment: str = "none"):
+                 augment: str = "none", pack: PackIndex | None = None):
         if augment not in AUGMENT_CHOICES:
             raise ValueError(f"augment must be one of {AUGMENT_CHOICES}, got {augment!r}")
         self.table = table.reset_index(drop=True)
@@ -133,23 +161,53 @@ class CropDataset(Dataset):
             self.index, self.is_copy = np.arange(len(labels)), np.zeros(len(labels), bool)
         self.augment = train_augmentation() if augment != "none" else None
         self.augment_copies_only = augment == "copies"
+        self.pack = pack
+        self.pack_rows = pack.rows_of(self.table["crop_path"]) if pack is not None else None
+        self._pack_array: np.ndarray | None = None  # opened in the process that reads
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_pack_array": None}  # workers map the pack themselves
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, position: int):
-        row = self.index[position]
-        image = cache.decode(cache.load(self.paths[row], mmap=False))
+    def stored(self, row: int) -> np.ndarray:
+        """The cached integers of table row ``row``."""
+        if self.pack is None:
+            return cache.load(self.paths[row], mmap=False)
+        if self._pack_array is None:
+            self._pack_array = open_array(self.pack)
+        return self._pack_array[self.pack_rows[row]]
+
+    def _image(self, position: int, stored: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+        image = cache.decode(stored)
         if self.augment is not None and (self.is_copy[position]
                                          or not self.augment_copies_only):
             image = self.augment(image)
-        return torch.from_numpy(normalise(image))[None], torch.tensor(self.labels[row]), position
+        return normalise(image, out)
+
+    def __getitem__(self, position: int):
+        row = self.index[position]
+        image = self._image(position, self.stored(row), None)
+        return torch.from_numpy(image)[None], torch.tensor(self.labels[row]), position
+
+    def __getitems__(self, positions: list[int]):
+        """The batch of ``positions`` as (images (B, 1, S, S), labels (B,), positions (B,)):
+        what default_collate makes of the items, built in place."""
+        images = None
+        for k, position in enumerate(positions):
+            stored = self.stored(self.index[position])
+            if images is None:
+                images = batch_buffer((len(positions), 1, *stored.shape))
+            self._image(position, stored, images[k, 0].numpy())
+        positions = torch.as_tensor(positions, dtype=torch.int64)
+        return images, torch.from_numpy(self.labels[self.index[positions.numpy()]]), positions
 
 
 class ClassificationDataModule(pl.LightningDataModule):
     def __init__(self, crops_dir: str, fold: int, n_folds: int = 10, seed: int = 0,
                  batch_size: int = 16, num_workers: int = 2, oversample_val: bool = True,
-                 augment: str = "all", pin_memory: bool = False):
+                 augment: str = "all", pin_memory: bool = False, packed: bool = True):
         super().__init__()
         self.crops_dir = Path(crops_dir)
         self.fold, self.n_folds, self.seed = fold, n_folds, seed
@@ -157,8 +215,25 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.oversample_val = oversample_val
         self.augment = augment
         self.pin_memory = pin_memory
+        self.packed = packed
         self.evaluate_subset = "test"  # what test_dataloader serves: test | non_training
         self.table: pd.DataFrame | None = None
+
+    def prepare_data(self) -> None:
+        """Pack the crops into one memory-mapped array when there is no current pack (one
+        process per node; Lightning's other ranks wait)."""
+        if self.packed:
+            ensure_pack(self.crops_dir)
+
+    def pack_index(self) -> PackIndex | None:
+        """The crops directory's pack when ``packed`` and the pack matches crops.csv."""
+        if not self.packed:
+            return None
+        index = load_pack_index(self.crops_dir)
+        if index is None:
+            log.warning("%s: reading one file per crop (prepare_data builds the pack)",
+                        pack_problem(self.crops_dir))
+        return index
 
     def setup(self, stage: str | None = None) -> None:
         if self.table is not None:
@@ -180,7 +255,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         train = name == "train"
         oversample = train or (name == "val" and self.oversample_val)
         ds = CropDataset(self.subset(name), self.crops_dir, oversample=oversample,
-                         augment=self.augment if train else "none")
+                         augment=self.augment if train else "none", pack=self.pack_index())
         trainer = getattr(self, "trainer", None)
         replicas = trainer.world_size if trainer is not None else 1
         rank = trainer.global_rank if trainer is not None else 0
@@ -188,7 +263,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         # training drops a last partial batch: a batch of one breaks BatchNorm
         drop_last = train and len(sampler) > self.batch_size
         return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=drop_last,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          collate_fn=already_collated, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0 and name in ("train", "val"))
 
     def train_dataloader(self) -> DataLoader:

@@ -203,7 +203,7 @@ def load_study(sweep: str | Path, detector: str | Path | None = None,
     crop = _section(cfg, "crop")
     settings = CropSettings(crop_size=int(crop["crop_size"]), dilation=float(crop["dilation"]),
                             min_score=float(crop["min_score"]),
-                            cache_dtype=str(crop.get("cache_dtype", "uint16")))
+                            cache_dtype=str(crop.get("cache_dtype", "uint16")), pack=False)
     data_dir = resolve_data_dir(str(OmegaConf.select(cfg, "paths.data_dir")), folder)
     if detector:
         detector = Path(detector)

@@ -1,0 +1,143 @@
+"""The crop pack (one memory-mapped array) and batch fetching: the same values as one file per
+crop and one item at a time, bit for bit; stale or broken packs are refused by name."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from hipdisloc.data.classification import (
+    ClassificationDataModule,
+    CropDataset,
+    OversampledSampler,
+)
+from hipdisloc.io import cache
+from hipdisloc.io.pack import (
+    PACK_ARRAY,
+    PACK_RECORD,
+    build_pack,
+    ensure_pack,
+    load_pack_index,
+    open_array,
+    pack_problem,
+)
+from tests.conftest import prepare_and_crop
+
+
+@pytest.fixture(scope="module")
+def crops(small_phantom, tmp_path_factory):
+    root, _ = small_phantom
+    out = tmp_path_factory.mktemp("pack")
+    prepare_and_crop(root, out, 96, 48)
+    return out / "crops"
+
+
+def test_the_crop_stage_packs_every_crop_as_its_file(crops):
+    assert pack_problem(crops) is None  # written by the crop stage, current
+    index = load_pack_index(crops)
+    table = pd.read_csv(crops / "crops.csv")
+    paths = table.loc[table["crop_path"].notna(), "crop_path"].tolist()
+    assert index.shape == (len(paths), 48, 48) and index.dtype == "uint16"
+    array = open_array(index)
+    for rel, row in zip(paths, index.rows_of(paths), strict=True):
+        assert np.array_equal(array[row], cache.load(crops / rel))
+
+
+def copy_without_pack(crops, to):
+    """The crops directory's csv and crop files, without its pack."""
+    table = pd.read_csv(crops / "crops.csv")
+    for rel in table["crop_path"].dropna():
+        (to / rel).parent.mkdir(parents=True, exist_ok=True)
+        (to / rel).write_bytes((crops / rel).read_bytes())
+    table.to_csv(to / "crops.csv", index=False)
+    return to, table
+
+
+def test_a_changed_crops_csv_makes_the_pack_stale_and_ensure_rebuilds_it(crops, tmp_path):
+    copy, table = copy_without_pack(crops, tmp_path / "crops")
+    assert pack_problem(copy).startswith("no pack")
+    built = ensure_pack(copy)
+    assert pack_problem(copy) is None and built.shape == load_pack_index(copy).shape
+    table.iloc[1:].to_csv(copy / "crops.csv", index=False)  # one row fewer
+    assert "stale" in pack_problem(copy) and load_pack_index(copy) is None
+    rebuilt = ensure_pack(copy)
+    assert rebuilt.shape[0] == built.shape[0] - 1 and pack_problem(copy) is None
+
+
+def test_a_missing_or_misshapen_crop_is_named_and_the_old_pack_kept(crops, tmp_path):
+    copy, table = copy_without_pack(crops, tmp_path / "crops")
+    paths = table["crop_path"].dropna().tolist()
+    build_pack(copy)
+    before = (copy / PACK_ARRAY).read_bytes()
+    cache.save_atomic(copy / paths[3], np.zeros((40, 40), np.uint16))
+    with pytest.raises(ValueError, match=rf"{paths[3]}.*shape \(40, 40\)"):
+        build_pack(copy)
+    (copy / paths[5]).unlink()
+    cache.save_atomic(copy / paths[3], cache.load(crops / paths[3], mmap=False))
+    with pytest.raises(ValueError, match=rf"{paths[5]}: cannot read"):
+        build_pack(copy)
+    assert (copy / PACK_ARRAY).read_bytes() == before  # a failed build replaces nothing
+    assert not list(copy.glob(".*.tmp"))
+    assert (copy / PACK_RECORD).is_file()
+
+
+class OneItemAtATime(Dataset):
+    """The dataset as DataLoader saw it before batch fetching: __getitem__ + default_collate."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, position):
+        return self.ds[position]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_packed_batches_equal_file_reads_one_item_at_a_time(crops, workers):
+    dm = ClassificationDataModule(str(crops), fold=0, n_folds=2, batch_size=8,
+                                  num_workers=workers, augment="all")
+    dm.prepare_data()
+    dm.setup()
+    torch.manual_seed(7)  # the workers' seeds, and so their augmentation draws
+    packed = list(dm.train_dataloader())
+    assert dm.train_dataloader().dataset.pack is not None
+    ds = CropDataset(dm.subset("train"), crops, oversample=True, augment="all")  # files
+    assert ds.pack is None
+    sampler = OversampledSampler(len(ds), shuffle=True, seed=dm.seed)
+    torch.manual_seed(7)
+    reference = list(DataLoader(OneItemAtATime(ds), batch_size=8, sampler=sampler,
+                                drop_last=True, num_workers=workers))
+    assert len(packed) == len(reference) > 2
+    for ours, theirs in zip(packed, reference, strict=True):
+        assert ours[0].shape == theirs[0].shape and ours[0].dtype == torch.float32
+        for a, b in zip(ours, theirs, strict=True):
+            assert a.dtype == b.dtype and torch.equal(a, b)
+    assert not torch.equal(packed[0][0], packed[1][0])
+
+
+def test_a_dataset_pickles_without_its_memory_map(crops):
+    dm = ClassificationDataModule(str(crops), fold=0, n_folds=2, num_workers=0)
+    dm.setup()
+    ds = dm.val_dataloader().dataset
+    ds[0]  # opens the map in this process
+    assert ds._pack_array is not None
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone._pack_array is None and len(pickle.dumps(ds)) < 1_000_000
+    assert torch.equal(clone[0][0], ds[0][0])
+
+
+def test_packed_false_reads_files_and_builds_nothing(crops, tmp_path):
+    copy, _ = copy_without_pack(crops, tmp_path / "crops")
+    dm = ClassificationDataModule(str(copy), fold=0, n_folds=2, num_workers=0, packed=False)
+    dm.prepare_data()
+    dm.setup()
+    assert not (copy / PACK_ARRAY).exists() and dm.val_dataloader().dataset.pack is None
+    images, labels, positions = next(iter(dm.val_dataloader()))
+    assert images.shape[1:] == (1, 48, 48) and len(labels) == len(positions)
