@@ -11,8 +11,9 @@ a time (``__getitems__``); for each item it slices the crop out of the pack (uin
 warm), decodes it to float, augments it (flip, rotation +/-10 deg, zoom <= 10 %, one warp) and
 normalises it per image (cv2.meanStdDev) straight into the one-channel batch tensor (B, 1, S, S)
 (the model repeats the channel on the device), which a worker allocates in shared memory (each
-worker keeps OpenCV's default thread pool, as the data module leaves it); memory pinned when CUDA is there (``pin_memory``, as
-conf/trainer/gpu_fast.yaml sets it). The clock starts once the first ``2 * workers + 1`` batches
+worker keeps OpenCV's default thread pool, as the data module leaves it); memory pinned when CUDA
+is there (``pin_memory``, as conf/trainer/gpu_fast.yaml sets it, as it sets float16 batches:
+measured for ``--float16-workers``). The clock starts once the first ``2 * workers + 1`` batches
 are out (workers started) and runs over ``--batches`` more; the rate is divided by the number of
 processes doing the work (0 workers: the main process alone, counted as one and held to one core:
 one torch thread, as in a DataLoader worker, and one OpenCV thread). Baseline: albumentations
@@ -28,6 +29,7 @@ thread (``item_costs``).
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -56,10 +58,10 @@ def crops_for(root: Path, samples: int, size: int, n_files: int = 256) -> Path:
 
 
 def pipeline_rate(crops_dir: Path, workers: int, batch_size: int, batches: int,
-                  pin_memory: bool | None = None) -> dict:
+                  pin_memory: bool | None = None, batch_dtype: str = "float32") -> dict:
     """Samples/s of the data module's training loader, as the data module builds it, in total
     and per worker process. ``pin_memory``: the data module's setting; None: pinned when CUDA
-    is available."""
+    is available. ``batch_dtype``: the data module's (float16: trainer=gpu_fast)."""
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     default_threads, torch_threads = cv2.getNumThreads(), torch.get_num_threads()
@@ -68,7 +70,7 @@ def pipeline_rate(crops_dir: Path, workers: int, batch_size: int, batches: int,
         cv2.setNumThreads(1)
     dm = ClassificationDataModule(str(crops_dir), fold=0, n_folds=10, seed=0,
                                   batch_size=batch_size, num_workers=workers, augment="all",
-                                  pin_memory=pin_memory)
+                                  pin_memory=pin_memory, batch_dtype=batch_dtype)
     dm.prepare_data()  # the pack, as training builds it
     dm.setup()
     loader = dm.train_dataloader()
@@ -88,7 +90,10 @@ def pipeline_rate(crops_dir: Path, workers: int, batch_size: int, batches: int,
                else "the data module's loader")
     if pin_memory:
         variant += ", pinned memory"
-    return {"variant": variant, "workers": workers, "pin_memory": pin_memory, "samples": seen,
+    if batch_dtype != "float32":
+        variant += f", {batch_dtype} batches"
+    return {"variant": variant, "workers": workers, "pin_memory": pin_memory,
+            "batch_dtype": batch_dtype, "samples": seen,
             "samples_per_s": rate, "per_worker_per_s": rate / max(workers, 1)}
 
 
@@ -142,18 +147,45 @@ def item_costs(crops_dir: Path, n: int, batch_size: int) -> dict:
         ds.__getitems__(batch)
     t["getitems"] = (clock() - start) / n * 1e6
     t["sum"] = sum(t[k] for k in ITEM_STEPS)
+    handoff = handoff_costs((batch_size, 1, *ds.stored(0).shape))
     cv2.setNumThreads(default_threads)
     torch.set_num_threads(torch_threads)
     return {"benchmark": "data_pipeline_item_costs", "items": n, "us_per_item": t,
-            "implied_per_process_per_s": 1e6 / t["sum"]}
+            "implied_per_process_per_s": 1e6 / t["sum"], "handoff_us_per_item": handoff}
+
+
+def handoff_costs(shape: tuple[int, ...], repeats: int = 10) -> dict:
+    """Microseconds per item of what a DataLoader worker pays to hand a batch to the main
+    process: a new shared-memory block for the batch (as ``batch_buffer`` and default_collate
+    allocate it) and the first write to its pages, against the same write to a buffer reused
+    in private memory; float32 and float16 batches."""
+    costs = {}
+    for name, dtype in (("float32", torch.float32), ("float16", torch.float16)):
+        nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+        reused = torch.empty(shape, dtype=dtype)
+
+        def shared(dtype=dtype, nbytes=nbytes):
+            storage = torch.UntypedStorage._new_shared(nbytes)
+            torch.empty(0, dtype=dtype).set_(storage, 0, shape).fill_(1.0)
+
+        for label, fill in (("shared", shared), ("reused", lambda r=reused: r.fill_(1.0))):
+            fill()
+            start = time.perf_counter()
+            for _ in range(repeats):
+                fill()
+            costs[f"{label}_{name}"] = (time.perf_counter() - start) / repeats / shape[0] * 1e6
+    return costs
 
 
 def describe_costs(c: dict) -> str:
-    t = c["us_per_item"]
+    t, h = c["us_per_item"], c["handoff_us_per_item"]
     steps = ", ".join(f"{k} {t[k]:.0f}" for k in ITEM_STEPS)
     return (f"  per item, one process, one thread (us): {steps}; sum {t['sum']:.0f} "
             f"(-> {c['implied_per_process_per_s']:.0f}/s per process); whole __getitems__ "
-            f"{t['getitems']:.0f} (timed apart)")
+            f"{t['getitems']:.0f} (timed apart)\n"
+            "  a worker's hand-off per item (us): new shared-memory batch + first write "
+            f"{h['shared_float32']:.0f} float32 / {h['shared_float16']:.0f} float16, against the "
+            f"same write to a reused buffer {h['reused_float32']:.0f} / {h['reused_float16']:.0f}")
 
 
 def decoded_crops(crops_dir: Path) -> list[np.ndarray]:
@@ -212,6 +244,8 @@ def describe(r: dict) -> str:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--float16-workers", type=int, nargs="*", default=[1],
+                        help="worker counts also measured with float16 batches (gpu_fast)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--batches", type=int, default=12)
     parser.add_argument("--size", type=int, default=224)
@@ -219,9 +253,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="skip the per-item cost of each step")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        crops = make_crops(args.workers, args.batch_size, args.batches, args.size, Path(tmp))
+        crops = make_crops(args.workers + args.float16_workers, args.batch_size, args.batches,
+                           args.size, Path(tmp))
         # every loader before the baseline: no worker forked after OpenCV's pool has run here
         rates = [pipeline_rate(crops, w, args.batch_size, args.batches) for w in args.workers]
+        rates += [pipeline_rate(crops, w, args.batch_size, args.batches, batch_dtype="float16")
+                  for w in args.float16_workers]
         base = baseline_rate(crops, args.batch_size, args.batches)
         rows = [result_row(r, base, args.size, args.batch_size) for r in rates]
         for row in rows:

@@ -147,6 +147,9 @@ def section_train(s: Settings, rec: Recorder, workdir: Path) -> None:
             "plain_images_per_s": tt.plain_rate(loader, s.steps, s.warmup, "all", device, b, c)})
 
 
+GPU_FAST_BATCH_DTYPE = "float16"  # conf/trainer/gpu_fast.yaml: data.batch_dtype
+
+
 def section_data(s: Settings, rec: Recorder, workdir: Path) -> None:
     from benchmarks import data_pipeline as dp
 
@@ -154,7 +157,8 @@ def section_data(s: Settings, rec: Recorder, workdir: Path) -> None:
     crops = dp.make_crops([w], s.data_batch, s.data_batches, s.size, workdir)
 
     def measure() -> dict:
-        r = dp.pipeline_rate(crops, w, s.data_batch, s.data_batches)
+        r = dp.pipeline_rate(crops, w, s.data_batch, s.data_batches,
+                             batch_dtype=GPU_FAST_BATCH_DTYPE)
         r = dp.result_row(r, None, s.size, s.data_batch)
         print(dp.describe(r), flush=True)
         return r
@@ -187,12 +191,14 @@ def section_e2e(s: Settings, rec: Recorder, workdir: Path) -> None:
     def measure(stage: str, channels_last: bool) -> dict:
         dm = ClassificationDataModule(str(crops), fold=0, n_folds=10, seed=0,
                                       batch_size=s.big_batch, num_workers=s.data_workers,
-                                      augment="all", pin_memory=device.type == "cuda")
+                                      augment="all", pin_memory=device.type == "cuda",
+                                      batch_dtype=GPU_FAST_BATCH_DTYPE)
         dm.setup()
         rate = tt.lightning_rate(dm, s.e2e_steps, warmup, stage, device, True, channels_last,
                                  workdir / f"e2e_{stage}_{channels_last}")
         return {"stage": stage, "batch_size": s.big_batch, "workers": s.data_workers,
                 "channels_last": channels_last, "pin_memory": dm.pin_memory,
+                "batch_dtype": dm.batch_dtype,
                 "lightning_datamodule_images_per_s": rate}
 
     label = f"b{s.big_batch} {s.data_workers} workers"

@@ -56,6 +56,7 @@ def fold_settings(cfg: DictConfig):
         head_epochs=int(cfg.schedule.head_epochs), full_epochs=int(cfg.schedule.full_epochs),
         batch_size=int(cfg.schedule.batch_size), num_workers=int(cfg.data.num_workers),
         pin_memory=bool(cfg.data.pin_memory), packed=bool(cfg.data.get("packed", True)),
+        batch_dtype=str(cfg.data.get("batch_dtype", "float32")),
         pretrained=str(cfg.model.pretrained), pos_weight=float(cfg.model.pos_weight),
         lr=float(cfg.model.lr), lr_finder=bool(cfg.model.lr_finder),
         lr_slice_ratio=float(cfg.model.lr_slice_ratio), threshold=float(cfg.model.threshold),

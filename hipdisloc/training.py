@@ -51,6 +51,7 @@ class FoldSettings:
     num_workers: int = 2
     pin_memory: bool = False
     packed: bool = True  # read crops from the crops directory's pack (hipdisloc.io.pack)
+    batch_dtype: str = "float32"  # float16: half the bytes from loader to device (bf16 on GPU)
     pretrained: str = "none"
     pos_weight: float = 25.0
     lr: float = 1e-4
@@ -189,7 +190,7 @@ class FoldRun:
         self.dm = ClassificationDataModule(str(crops_dir), s.fold, s.n_folds, s.seed,
                                            s.batch_size, s.num_workers, s.oversample_val,
                                            s.augment, pin_memory=s.pin_memory,
-                                           packed=s.packed)
+                                           packed=s.packed, batch_dtype=s.batch_dtype)
         self.dm.setup()
         self.model = DislocationClassifier(s.pretrained, s.pos_weight, s.lr, s.lr_slice_ratio,
                                            s.threshold, s.channels_last, s.compile,

@@ -130,7 +130,11 @@ def test_data_pipeline_measures_the_data_modules_own_loader(tmp_path):
     row = data_pipeline.result_row(r, base, 32, 8)
     assert base > 0 and math.isclose(row["ratio"], r["per_worker_per_s"] / base)
     assert "ratio" in data_pipeline.describe(row)
-    costs = data_pipeline.item_costs(crops, n=16, batch_size=8)["us_per_item"]
+    measured = data_pipeline.item_costs(crops, n=16, batch_size=8)
+    costs = measured["us_per_item"]
+    assert set(measured["handoff_us_per_item"]) == {
+        f"{how}_{t}" for how in ("shared", "reused") for t in ("float32", "float16")}
+    assert all(v > 0 for v in measured["handoff_us_per_item"].values())
     assert all(costs[k] > 0 for k in (*data_pipeline.ITEM_STEPS, "getitems"))
     assert math.isclose(costs["sum"], sum(costs[k] for k in data_pipeline.ITEM_STEPS))
 
@@ -213,3 +217,15 @@ def test_gpu_script_dry_run_writes_every_result(tmp_path):
     text = (tmp_path / "results.txt").read_text()
     assert "projected wall time" in text and "FAILED" not in text
     assert "START train" in (tmp_path / "log.txt").read_text()
+
+
+def test_prepare_throughput_reports_its_ratio_and_the_floor():
+    from benchmarks import prepare_throughput
+
+    rows = prepare_throughput.main(["--n-patients", "2", "--image-size", "256"])
+    assert [r["benchmark"].split("(")[1].split(",")[0] for r in rows] == [
+        "uncompressed", "jpeg2000"]
+    for r in rows:
+        assert r["baseline_per_s"] > 0 and r["ours_per_s"] > 0
+        assert math.isclose(r["ratio"], r["ours_per_s"] / r["baseline_per_s"])
+        assert math.isclose(r["floor_ratio"], r["decode_resize_per_s"] / r["baseline_per_s"])

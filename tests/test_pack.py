@@ -141,3 +141,28 @@ def test_packed_false_reads_files_and_builds_nothing(crops, tmp_path):
     assert not (copy / PACK_ARRAY).exists() and dm.val_dataloader().dataset.pack is None
     images, labels, positions = next(iter(dm.val_dataloader()))
     assert images.shape[1:] == (1, 48, 48) and len(labels) == len(positions)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_float16_batches_are_the_float32_images_rounded_and_return_as_float32(crops, workers):
+    def batches(batch_dtype):
+        dm = ClassificationDataModule(str(crops), fold=0, n_folds=2, batch_size=8,
+                                      num_workers=workers, augment="all",
+                                      batch_dtype=batch_dtype)
+        dm.setup()
+        torch.manual_seed(3)
+        return dm, list(dm.train_dataloader())
+
+    _, full = batches("float32")
+    dm, half = batches("float16")
+    assert len(full) == len(half) > 1
+    for (x32, y32, p32), (x16, y16, p16) in zip(full, half, strict=True):
+        assert x16.dtype == torch.float16 and torch.equal(x16, x32.half())
+        assert torch.equal(y16, y32) and torch.equal(p16, p32)
+        back, labels, _ = dm.on_after_batch_transfer((x16, y16, p16), 0)
+        assert back.dtype == torch.float32 and labels is y16
+        assert torch.allclose(back, x32, rtol=2 ** -11, atol=1e-4)
+        assert not torch.equal(back, x32)  # rounded: the comparison can fail
+    assert dm.on_after_batch_transfer(full[0], 0) is full[0]  # float32 passes untouched
+    with pytest.raises(ValueError, match="batch_dtype must be one of"):
+        CropDataset(dm.subset("train"), crops, oversample=False, batch_dtype="bfloat16")
