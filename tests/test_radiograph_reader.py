@@ -189,3 +189,28 @@ def test_malformed_optional_tags_do_not_cost_the_image(tmp_path):
     palette = _write_dicom(tmp_path / "pal.dcm", ramp, PhotometricInterpretation="PALETTE COLOR")
     with pytest.raises(RadiographError, match="unsupported photometric interpretation"):
         read_radiograph(palette)
+
+
+@pytest.mark.parametrize("dtype, lo, hi, photometric", [
+    (np.uint16, 700, 3500, "MONOCHROME2"), (np.uint16, 0, 4095, "MONOCHROME1"),
+    (np.int16, -1000, 2000, "MONOCHROME2"), (np.uint8, 3, 250, "MONOCHROME1")])
+def test_the_display_lookup_table_equals_the_pixelwise_pipeline(dtype, lo, hi, photometric):
+    """The LUT path (one lookup per stored value) against modality LUT, window and inversion
+    applied to every pixel, then min-max normalised."""
+    from hipdisloc.io.radiograph import _display, _display_via_lut
+
+    rng = np.random.default_rng(0)
+    values = rng.integers(lo, hi + 1, size=(64, 80)).astype(dtype)
+    values[0, :2] = lo, hi
+    ds = Dataset()
+    ds.RescaleSlope, ds.RescaleIntercept = 1.5, -20.0
+    ds.WindowCenter, ds.WindowWidth = (lo + hi) * 0.7, (hi - lo) * 0.5  # clips both ends
+    ds.PhotometricInterpretation = photometric
+    ds.BitsStored = 8 * np.dtype(dtype).itemsize
+    ds.PixelRepresentation = int(np.dtype(dtype).kind == "i")
+    pixelwise = np.asarray(_display(values, ds, photometric, True), dtype=np.float64)
+    expected = (pixelwise - pixelwise.min()) / (pixelwise.max() - pixelwise.min())
+    got = _display_via_lut(values, ds, photometric, True, Path("x.dcm"))
+    assert got.dtype == np.float32 and got.shape == values.shape
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert len(np.unique(got)) > 10  # not flattened by the window

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pydicom
 from PIL import Image, UnidentifiedImageError
@@ -168,7 +169,10 @@ def _display_via_lut(values: np.ndarray, ds: pydicom.Dataset, photometric: str,
     pipeline runs on that range only (exact, and ~10x faster on a 2,000-px radiograph).
     The LUTs of the standard are monotone, so the range's extremes are the image's.
     """
-    lo, hi = int(values.min()), int(values.max())
+    if values.dtype in (np.uint8, np.uint16, np.int16):  # one pass instead of two
+        lo, hi = (int(v) for v in cv2.minMaxLoc(values)[:2])
+    else:
+        lo, hi = int(values.min()), int(values.max())
     if hi == lo:
         raise RadiographError(path, "all-constant image", f"every pixel is {lo}")
     stored_range = np.arange(lo, hi + 1, dtype=np.int64).astype(values.dtype)
@@ -177,5 +181,6 @@ def _display_via_lut(values: np.ndarray, ds: pydicom.Dataset, photometric: str,
     if top <= bottom:
         raise RadiographError(path, "all-constant image", "constant after the VOI window")
     lut = ((lut - bottom) / (top - bottom)).astype(np.float32)
-    index = values.astype(np.int32) - lo if lo != 0 else values
-    return lut[index]
+    if values.dtype.kind == "u":  # index with the stored values themselves: no shifted copy
+        return np.concatenate([np.zeros(lo, np.float32), lut])[values]
+    return lut[values.astype(np.int32) - lo]
