@@ -5,7 +5,7 @@ flip + rotate alone on the same arrays, in the same run.
         [--batches 12] [--size 224] [--no-breakdown]
 
 Measured: the training loader of ClassificationDataModule (hipdisloc/data/classification.py) as
-training builds it (``prepare_data`` packs the crops into one memory-mapped array first), on a
+training builds it (``ensure_pack`` packs the crops into one memory-mapped array first), on a
 synthetic crop cache in the cache format (benchmarks/synthetic.py): CropDataset fetches a batch at
 a time (``__getitems__``); for each item it slices the crop out of the pack (uint16, page cache
 warm), decodes it to float, augments it (flip, rotation +/-10 deg, zoom <= 10 %, one warp) and
@@ -71,7 +71,7 @@ def pipeline_rate(crops_dir: Path, workers: int, batch_size: int, batches: int,
     dm = ClassificationDataModule(str(crops_dir), fold=0, n_folds=10, seed=0,
                                   batch_size=batch_size, num_workers=workers, augment="all",
                                   pin_memory=pin_memory, batch_dtype=batch_dtype)
-    dm.prepare_data()  # the pack, as training builds it
+    dm.ensure_pack()  # the pack, as training builds it
     dm.setup()
     loader = dm.train_dataloader()
     warmup = 2 * workers + 1
@@ -114,7 +114,7 @@ def item_costs(crops_dir: Path, n: int, batch_size: int) -> dict:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     dm = ClassificationDataModule(str(crops_dir), fold=0, n_folds=10, seed=0, augment="all")
-    dm.prepare_data()
+    dm.ensure_pack()
     dm.setup()
     ds = CropDataset(dm.subset("train"), dm.crops_dir, oversample=True, augment="all",
                      pack=dm.pack_index())

@@ -16,7 +16,8 @@ last one padded so every batch has one shape):
   ``precision: bf16-mixed`` does around every step), logits cast to float32 before the sigmoid;
 - ``bf16 + channels_last``: both (``trainer=gpu_fast``);
 - ``bf16, bf16 sigmoid``: as ``bf16`` but the sigmoid taken in bfloat16, as
-  ``DislocationClassifier._collect`` takes it inside Lightning's autocast: the probabilities
+  ``DislocationClassifier._collect`` took it inside Lightning's autocast before 2026-11-28 (it
+  now takes it of float32 logits): the probabilities
   themselves are rounded to bfloat16 (8 significant bits: steps of 2^-8 between 0.5 and 1);
 - ``compile``: ``torch.compile`` (inductor, CPU), float32, one compiled network whose weights
   are replaced fold by fold (no recompilation); ``--no-compile`` leaves it out and

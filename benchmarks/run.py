@@ -7,12 +7,17 @@ phantom_speed        phantom generation, images/s       DICOM writing alone     
 prepare_throughput   prepare stage, images/s            pydicom decoding alone    ratio >= 0.8
 train_throughput     Lightning + our DataModule and     a plain loop, same module ratio >= 0.97
                      module, images/s                   and batches
+step_overhead        Lightning's fixed cost per step,   a plain loop, same        (ms/step, ratio)
+                     tiny model, training.py's Trainer  optimiser and schedule
 data_pipeline        CropDataset + DataLoader,          albumentations flip +     >= 2,000/s
                      samples/s per worker process       rotate alone              per worker
 scale                folds, oversampled index, cache    reading the manifest      seconds, < 2 GB
                      index at 92,584 images
 predict_latency      one radiograph, DICOM in -> risk   the bare fold-ensemble    (ratio)
                      out, p50/p95; batch throughput     forward, same run
+
+Not run here, as it needs a trained sweep: ``python -m benchmarks.precision_scores --sweep DIR``
+(what bf16 autocast, channels_last and torch.compile do to the test scores, against fp32).
 
 Each module also runs alone (``python -m benchmarks.<name> --help``). On a CUDA machine,
 ``bash benchmarks/gpu.sh OUT_DIR`` measures the training and data rates at paper settings and
@@ -31,11 +36,13 @@ from benchmarks import (
     predict_latency,
     prepare_throughput,
     scale,
+    step_overhead,
     train_throughput,
 )
 
 BENCHMARKS = {"phantom_speed": phantom_speed, "prepare_throughput": prepare_throughput,
-              "train_throughput": train_throughput, "data_pipeline": data_pipeline,
+              "train_throughput": train_throughput, "step_overhead": step_overhead,
+              "data_pipeline": data_pipeline,
               "scale": scale, "predict_latency": predict_latency}
 
 

@@ -16,10 +16,12 @@ the test step gathers all ranks' predictions, and only global rank 0 writes file
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +29,7 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.tuner import Tuner
 from pytorch_lightning.utilities import rank_zero_only
@@ -67,6 +70,7 @@ class FoldSettings:
     channels_last: bool = False
     compile: bool = False
     lr_schedule: str = "one_cycle"
+    progress_interval: float = 0.5  # seconds between progress bar redraws (0: every batch)
     trainer: dict = field(default_factory=dict)
 
 
@@ -77,6 +81,49 @@ def patient_hash(patient_id: str, salt: str | None = None) -> str:
 
 def _finite(value: float) -> float:
     return value if math.isfinite(value) else -math.inf
+
+
+class _Throttled:
+    """A progress bar redrawn at most every ``interval`` seconds during training and validation,
+    and at each loop's last batch, rather than after every batch as Lightning's are: a redraw
+    formats the bar and the logged metrics on the host, a fixed cost per step
+    (benchmarks/step_overhead.py). What is drawn is unchanged."""
+
+    def __init__(self, interval: float = 0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.interval, self._drawn = float(interval), -math.inf
+
+    def _due(self, n: int, total: float) -> bool:
+        now = time.monotonic()
+        if n >= total or now - self._drawn >= self.interval:
+            self._drawn = now
+            return True
+        return False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._due(batch_idx + 1, self.total_train_batches):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
+                                dataloader_idx: int = 0) -> None:
+        if self._due(batch_idx + 1, self.total_val_batches_current_dataloader):
+            super().on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx,
+                                            dataloader_idx)
+
+
+class ThrottledTQDMProgressBar(_Throttled, TQDMProgressBar):
+    pass
+
+
+class ThrottledRichProgressBar(_Throttled, RichProgressBar):
+    pass
+
+
+def progress_bar(interval: float) -> ProgressBar:
+    """The bar Lightning would pick (rich's when rich is installed, else tqdm's), throttled to a
+    redraw every ``interval`` seconds."""
+    rich = importlib.util.find_spec("rich") is not None
+    return (ThrottledRichProgressBar if rich else ThrottledTQDMProgressBar)(interval)
 
 
 class LastEpochCheckpoint(pl.Callback):
@@ -110,8 +157,12 @@ class SelectionRecorder(pl.Callback):
 
     def on_train_epoch_end(self, trainer, module) -> None:
         """The epoch's mean training loss, on the row its validation wrote (validation runs
-        inside the training epoch, before the epoch's training loss is aggregated)."""
-        loss = trainer.callback_metrics.get("train/loss")
+        inside the training epoch, before the epoch's training loss is aggregated). Read from
+        the module (DislocationClassifier.epoch_train_loss): callbacks' epoch-end hooks run
+        before the module's, which logs it; else what a module logged in its steps."""
+        loss = getattr(module, "epoch_train_loss", lambda: None)()
+        if loss is None:
+            loss = trainer.callback_metrics.get("train/loss")
         for row in reversed(self.history):
             if (row["stage"], row["epoch"]) == (module.stage, trainer.current_epoch):
                 row["train_loss"] = float(loss) if loss is not None else float("nan")
@@ -165,6 +216,27 @@ class SelectionRecorder(pl.Callback):
         return state, Selection(int(best["index"]), qualified)
 
 
+def stage_trainer(out: Path, stage: str, recorder: SelectionRecorder, trainer: dict,
+                  loggers: list[Logger] | None = None, callbacks: list[pl.Callback] | None = None,
+                  progress_interval: float = 0.5, **extra) -> pl.Trainer:
+    """The Trainer of one training stage of a fold: the selection recorder, the resumable
+    ``last.ckpt``, Lightning's CSV logs (plus ``loggers``) in ``out``; ``trainer`` the
+    configuration's Trainer arguments (conf/trainer), then ``extra``, over ours. ``callbacks``
+    are added after ours (benchmarks/step_overhead.py adds its clock). With the progress bar on
+    (Lightning's default), it is redrawn every ``progress_interval`` seconds (0: Lightning's
+    bar, redrawn after every batch)."""
+    last = LastEpochCheckpoint(Path(out) / "checkpoints" / stage / "last.ckpt")
+    ours = dict(default_root_dir=out, callbacks=[recorder, last, *(callbacks or [])],
+                logger=[CSVLogger(out, name="logs", version=stage), *(loggers or [])],
+                num_sanity_val_steps=0, use_distributed_sampler=False,
+                enable_checkpointing=False, log_every_n_steps=10)
+    args = {**ours, **trainer, **extra}
+    if progress_interval > 0 and args.get("enable_progress_bar", True) \
+            and not any(isinstance(c, ProgressBar) for c in args["callbacks"]):
+        args["callbacks"] = [*args["callbacks"], progress_bar(progress_interval)]
+    return pl.Trainer(**args)
+
+
 def sample_at_prevalence(table: pd.DataFrame, prevalence: float, seed: int) -> pd.DataFrame:
     """All negatives and as many positives as make ``prevalence`` (fewer negatives if short)."""
     rng = np.random.default_rng(seed)
@@ -192,6 +264,8 @@ class FoldRun:
                                            s.augment, pin_memory=s.pin_memory,
                                            packed=s.packed, batch_dtype=s.batch_dtype)
         self.dm.setup()
+        if rank_zero_only.rank == 0:  # before any Trainer: other ranks read it once started
+            self.dm.ensure_pack()
         self.model = DislocationClassifier(s.pretrained, s.pos_weight, s.lr, s.lr_slice_ratio,
                                            s.threshold, s.channels_last, s.compile,
                                            s.lr_schedule)
@@ -214,13 +288,9 @@ class FoldRun:
             write_text(self.ckpt_dir / "progress.json", json.dumps(self.progress))
 
     def _trainer(self, stage: str, epochs: int, **extra) -> pl.Trainer:
-        last = LastEpochCheckpoint(self.ckpt_dir / stage / "last.ckpt")
-        loggers = [CSVLogger(self.out, name="logs", version=stage), *self.extra_loggers]
-        return pl.Trainer(max_epochs=epochs, default_root_dir=self.out,
-                          callbacks=[self.recorder, last], logger=loggers,
-                          num_sanity_val_steps=0, use_distributed_sampler=False,
-                          enable_checkpointing=False, log_every_n_steps=10,
-                          **{**self.s.trainer, **extra})
+        return stage_trainer(self.out, stage, self.recorder, self.s.trainer,
+                             self.extra_loggers, progress_interval=self.s.progress_interval,
+                             max_epochs=epochs, **extra)
 
     def _fit(self, stage: str, epochs: int) -> pl.Trainer:
         last = self.ckpt_dir / stage / "last.ckpt"

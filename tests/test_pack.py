@@ -103,7 +103,7 @@ class OneItemAtATime(Dataset):
 def test_packed_batches_equal_file_reads_one_item_at_a_time(crops, workers):
     dm = ClassificationDataModule(str(crops), fold=0, n_folds=2, batch_size=8,
                                   num_workers=workers, augment="all")
-    dm.prepare_data()
+    dm.ensure_pack()
     dm.setup()
     torch.manual_seed(7)  # the workers' seeds, and so their augmentation draws
     packed = list(dm.train_dataloader())
@@ -136,7 +136,7 @@ def test_a_dataset_pickles_without_its_memory_map(crops):
 def test_packed_false_reads_files_and_builds_nothing(crops, tmp_path):
     copy, _ = copy_without_pack(crops, tmp_path / "crops")
     dm = ClassificationDataModule(str(copy), fold=0, n_folds=2, num_workers=0, packed=False)
-    dm.prepare_data()
+    dm.ensure_pack()
     dm.setup()
     assert not (copy / PACK_ARRAY).exists() and dm.val_dataloader().dataset.pack is None
     images, labels, positions = next(iter(dm.val_dataloader()))
@@ -166,3 +166,23 @@ def test_float16_batches_are_the_float32_images_rounded_and_return_as_float32(cr
     assert dm.on_after_batch_transfer(full[0], 0) is full[0]  # float32 passes untouched
     with pytest.raises(ValueError, match="batch_dtype must be one of"):
         CropDataset(dm.subset("train"), crops, oversample=False, batch_dtype="bfloat16")
+
+
+def test_a_crops_directory_that_cannot_be_written_is_read_file_by_file(crops, tmp_path,
+                                                                      monkeypatch, caplog):
+    import hipdisloc.data.classification as classification
+
+    copy, _ = copy_without_pack(crops, tmp_path / "crops")
+
+    def read_only(crops_dir):
+        raise PermissionError(13, "Permission denied", str(crops_dir / PACK_ARRAY))
+
+    monkeypatch.setattr(classification, "ensure_pack", read_only)
+    dm = ClassificationDataModule(str(copy), fold=0, n_folds=2, num_workers=0)
+    dm.setup()
+    with caplog.at_level("WARNING"):
+        dm.ensure_pack()
+    assert "cannot write the pack" in caplog.text and "Permission denied" in caplog.text
+    assert dm.val_dataloader().dataset.pack is None
+    images, _, _ = next(iter(dm.val_dataloader()))
+    assert images.shape[1:] == (1, 48, 48)

@@ -11,7 +11,7 @@ share of the oversampled epoch (:class:`OversampledSampler`).
 
 Loaders fetch whole batches (:meth:`CropDataset.__getitems__`): each item is read from the
 crops directory's pack (one memory-mapped array, :mod:`hipdisloc.io.pack`; built by
-``prepare_data`` when missing or stale) and normalised straight into the batch tensor, which a
+``ensure_pack`` when missing or stale) and normalised straight into the batch tensor, which a
 DataLoader worker allocates in shared memory; without a pack, one ``.npy`` per crop is read.
 Either way the values are those of :meth:`CropDataset.__getitem__`, bit for bit.
 """
@@ -238,11 +238,20 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.evaluate_subset = "test"  # what test_dataloader serves: test | non_training
         self.table: pd.DataFrame | None = None
 
-    def prepare_data(self) -> None:
-        """Pack the crops into one memory-mapped array when there is no current pack (one
-        process per node; Lightning's other ranks wait)."""
-        if self.packed:
+    def ensure_pack(self) -> None:
+        """Pack the crops into one memory-mapped array when there is no current pack. Call it
+        in one process before the loaders are made (FoldRun: global rank 0, before its first
+        Trainer). Not Lightning's ``prepare_data`` hook: Lightning wraps that hook in a barrier
+        over every rank of an initialised process group, which deadlocks a Trainer that only
+        rank 0 runs under DDP (the LR finder). A crops directory that cannot be written to
+        (a read-only archive) is read one file per crop, with a warning."""
+        if not self.packed:
+            return
+        try:
             ensure_pack(self.crops_dir)
+        except OSError as err:
+            log.warning("cannot write the pack of %s (%s): reading one file per crop",
+                        self.crops_dir, err)
 
     def pack_index(self) -> PackIndex | None:
         """The crops directory's pack when ``packed`` and the pack matches crops.csv."""
@@ -250,7 +259,7 @@ class ClassificationDataModule(pl.LightningDataModule):
             return None
         index = load_pack_index(self.crops_dir)
         if index is None:
-            log.warning("%s: reading one file per crop (prepare_data builds the pack)",
+            log.warning("%s: reading one file per crop (ensure_pack builds the pack)",
                         pack_problem(self.crops_dir))
         return index
 

@@ -80,6 +80,8 @@ class DislocationClassifier(pl.LightningModule):
         self.loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
         self.stage = "head"
         self._outputs: dict[str, list] = {"val": [], "test": []}
+        self._train_loss: torch.Tensor | None = None
+        self._train_images = 0
         self.last_predictions: dict | None = None
 
     # -- stages -----------------------------------------------------------------------------
@@ -106,21 +108,30 @@ class DislocationClassifier(pl.LightningModule):
         """Adam; with ``one_cycle`` (fastai's ``fine_tune``, which the paper used) the rate of
         each group rises to its peak and anneals over the stage: warm-up over 99 % of the head
         stage, 30 % of the all-layer stage (starting at peak / 5)."""
+        trainer = getattr(self, "_trainer", None)
+        total = None if trainer is None else max(1, int(trainer.estimated_stepping_batches))
+        optimizer, cycle = self.optimisation(total)
+        if cycle is None:
+            return optimizer
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": cycle, "interval": "step"}}
+
+    def optimisation(self, total_steps: int | None):
+        """(Adam, OneCycleLR or None) as :meth:`configure_optimizers` makes them for a stage of
+        ``total_steps`` optimiser steps (None: no schedule); also what a loop without the
+        Trainer drives (benchmarks/step_overhead.py)."""
         if self.stage == "head":
             groups = [{"params": list(self.net.fc.parameters()), "lr": self.hparams.lr}]
         else:
             groups = self.parameter_groups(self.hparams.lr)
         optimizer = torch.optim.Adam(groups)
-        trainer = getattr(self, "_trainer", None)
-        if self.hparams.schedule != "one_cycle" or trainer is None:
-            return optimizer
+        if self.hparams.schedule != "one_cycle" or total_steps is None:
+            return optimizer, None
         head = self.stage == "head"
         cycle = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[g["lr"] for g in groups],
-            total_steps=max(1, int(trainer.estimated_stepping_batches)),
+            optimizer, max_lr=[g["lr"] for g in groups], total_steps=int(total_steps),
             pct_start=0.99 if head else 0.3, div_factor=25.0 if head else 5.0)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": cycle, "interval": "step"}}
+        return optimizer, cycle
 
     # -- steps ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,9 +145,34 @@ class DislocationClassifier(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y, _ = batch
         loss = self.loss_fn(self(x), y)
-        self.log("train/loss", loss, prog_bar=True, on_epoch=True, on_step=False,
-                 batch_size=len(y))
+        self._add_train_loss(loss.detach(), len(y))
         return loss
+
+    # The epoch's training loss, weighted by batch size, summed here on the device (no host
+    # sync) and logged once per epoch: what ``self.log(..., on_epoch=True, on_step=False)`` in
+    # every step gave, with the same float32 arithmetic, without Lightning's per-call logging
+    # work (benchmarks/step_overhead.py: a fixed cost per step).
+    def _add_train_loss(self, loss: torch.Tensor, batch_size: int) -> None:
+        if self._train_loss is None:
+            self._train_loss = torch.tensor(0.0, dtype=torch.float32, device=loss.device)
+        loss = loss if loss.dtype in (torch.float32, torch.float64) else loss.float()
+        self._train_loss = self._train_loss + loss * batch_size
+        self._train_images += batch_size
+
+    def epoch_train_loss(self) -> torch.Tensor | None:
+        """The mean training loss of the images of the current training epoch so far (None
+        before its first step): ``train/loss``, which :meth:`on_train_epoch_end` logs."""
+        if self._train_loss is None or not self._train_images:
+            return None
+        return self._train_loss / torch.tensor(self._train_images, device=self._train_loss.device)
+
+    def on_train_epoch_start(self) -> None:
+        self._train_loss, self._train_images = None, 0
+
+    def on_train_epoch_end(self) -> None:
+        loss = self.epoch_train_loss()
+        if loss is not None:
+            self.log("train/loss", loss, prog_bar=True, on_epoch=True, on_step=False)
 
     def _collect(self, batch, stage: str) -> None:
         x, y, pos = batch
