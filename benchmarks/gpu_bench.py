@@ -193,6 +193,7 @@ def section_e2e(s: Settings, rec: Recorder, workdir: Path) -> None:
                                       batch_size=s.big_batch, num_workers=s.data_workers,
                                       augment="all", pin_memory=device.type == "cuda",
                                       batch_dtype=GPU_FAST_BATCH_DTYPE)
+        dm.ensure_pack()  # as FoldRun does
         dm.setup()
         rate = tt.lightning_rate(dm, s.e2e_steps, warmup, stage, device, True, channels_last,
                                  workdir / f"e2e_{stage}_{channels_last}")

@@ -87,6 +87,7 @@ def datamodule(crops_dir: Path, batch_size: int, workers: int = 0,
 
     dm = ClassificationDataModule(str(crops_dir), fold=0, n_folds=10, seed=0,
                                   batch_size=batch_size, num_workers=workers, augment=augment)
+    dm.ensure_pack()  # as FoldRun does
     dm.setup()
     return dm
 

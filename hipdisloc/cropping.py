@@ -11,6 +11,7 @@ usable box get no crop and are listed in ``crop_exclusions.csv``: nothing is sil
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,9 @@ from tqdm import tqdm
 from hipdisloc.geometry import IMAGE_HALF_OF_SIDE, crop_square, dilate_box, image_half
 from hipdisloc.io import cache
 from hipdisloc.io.atomic import write_csv
-from hipdisloc.io.pack import build_pack
+from hipdisloc.io.pack import build_pack, remove_pack
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,12 @@ def crop_all(prepared_dir: str | Path, out_dir: str | Path, candidates: dict[str
     write_csv(crops, out / "crops.csv")
     write_csv(pd.DataFrame(excluded, columns=["image_id", "line", "path", "stage", "reason",
                                                "detail"]), out / "crop_exclusions.csv")
+    remove_pack(out)  # an earlier run's pack no longer matches these crops
     if settings.pack and (crops.get("crop_path", pd.Series(dtype=str)) != "").any():
-        build_pack(out)  # what training reads (hipdisloc.io.pack)
+        try:
+            build_pack(out)  # what training reads (hipdisloc.io.pack)
+        except (OSError, ValueError) as err:  # derived data: training builds it or reads files
+            log.warning("crops written, but not their pack (%s); training will retry", err)
     return crops
 
 

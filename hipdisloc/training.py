@@ -101,12 +101,15 @@ class _Throttled:
         return False
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self._due(batch_idx + 1, self.total_train_batches):
+        if self.is_disabled or self._due(batch_idx + 1, self.total_train_batches):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
                                 dataloader_idx: int = 0) -> None:
-        if self._due(batch_idx + 1, self.total_val_batches_current_dataloader):
+        # a disabled bar (DDP ranks other than 0) never learns the current dataloader: no
+        # total to read, and nothing to draw
+        if self.is_disabled or self._due(batch_idx + 1,
+                                         trainer.num_val_batches[dataloader_idx]):
             super().on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx,
                                             dataloader_idx)
 
@@ -230,6 +233,11 @@ def stage_trainer(out: Path, stage: str, recorder: SelectionRecorder, trainer: d
                 logger=[CSVLogger(out, name="logs", version=stage), *(loggers or [])],
                 num_sanity_val_steps=0, use_distributed_sampler=False,
                 enable_checkpointing=False, log_every_n_steps=10)
+    reserved = {"callbacks", "logger", "default_root_dir", "use_distributed_sampler"}
+    if reserved & set(trainer):
+        raise ValueError(f"conf/trainer sets {sorted(reserved & set(trainer))}: a fold's "
+                         "Trainer owns these (selection recorder, last.ckpt, CSV logs, its "
+                         "own DDP sampler); remove them from the trainer config")
     args = {**ours, **trainer, **extra}
     if progress_interval > 0 and args.get("enable_progress_bar", True) \
             and not any(isinstance(c, ProgressBar) for c in args["callbacks"]):

@@ -186,3 +186,37 @@ def test_a_crops_directory_that_cannot_be_written_is_read_file_by_file(crops, tm
     assert dm.val_dataloader().dataset.pack is None
     images, _, _ = next(iter(dm.val_dataloader()))
     assert images.shape[1:] == (1, 48, 48)
+
+
+def test_crops_rewritten_at_another_size_make_the_pack_stale(crops, tmp_path):
+    copy, table = copy_without_pack(crops, tmp_path / "crops")
+    build_pack(copy)
+    for rel in table["crop_path"].dropna():  # crops.csv unchanged: it records boxes, not size
+        cache.save_atomic(copy / rel, np.zeros((40, 40), np.uint16))
+    assert "stale" in pack_problem(copy) and "(40, 40)" in pack_problem(copy)
+    assert ensure_pack(copy).shape[1:] == (40, 40)
+
+
+def test_a_truncated_pack_is_refused_by_name(crops, tmp_path):
+    copy, _ = copy_without_pack(crops, tmp_path / "crops")
+    index = build_pack(copy)
+    data = (copy / PACK_ARRAY).read_bytes()
+    (copy / PACK_ARRAY).write_bytes(data[: len(data) // 2])
+    assert PACK_ARRAY in pack_problem(copy) and load_pack_index(copy) is None
+    with pytest.raises(ValueError, match=rf"{PACK_ARRAY}: cannot map the crop pack"):
+        open_array(index)
+
+
+def test_a_crop_stage_rerun_without_a_pack_removes_the_old_one(small_phantom, crops, tmp_path):
+    from hipdisloc.cropping import CropSettings, crop_all, ground_truth_candidates
+
+    root, _ = small_phantom
+    out = tmp_path / "crops"
+    prepared = crops.parent / "prepared"
+    candidates = ground_truth_candidates(prepared, root / "boxes.json", 96)
+    crop_all(prepared, out, candidates, "ground_truth", CropSettings(crop_size=32),
+             progress=False)
+    assert pack_problem(out) is None and load_pack_index(out).shape[1:] == (32, 32)
+    crop_all(prepared, out, candidates, "ground_truth", CropSettings(crop_size=40, pack=False),
+             progress=False)
+    assert not (out / PACK_ARRAY).exists() and not (out / PACK_RECORD).exists()

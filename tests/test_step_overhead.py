@@ -109,3 +109,17 @@ def test_step_overhead_benchmark_runs(capsys):
     assert r["plain_ms"] > 0 and r["lightning_ms"] > 0 and r["before_ms"] > 0
     assert [h["batch_size"] for h in r["h100"]] == [64, 128, 256]
     assert abs(r["h100"][0]["plain_ms"] - 64 / 3552 * 1e3) < 1e-9
+
+
+def test_a_disabled_throttled_bar_passes_validation_batches_through():
+    """DDP ranks other than 0 disable their bar: it never learns the current dataloader, so
+    the throttle must not ask for its total."""
+    from types import SimpleNamespace
+
+    from hipdisloc.training import ThrottledRichProgressBar
+
+    bar = ThrottledRichProgressBar(0.5)
+    bar.disable()
+    trainer = SimpleNamespace(num_val_batches=[3])
+    for i in range(3):
+        bar.on_validation_batch_end(trainer, None, None, None, i, 0)

@@ -10,6 +10,7 @@ not used (:func:`pack_problem` says why). Packs are derived data: deleting them 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from dataclasses import dataclass
@@ -62,17 +63,18 @@ def build_pack(crops_dir: str | Path) -> PackIndex:
     first = _read(crops_dir, paths[0])
     shape, dtype = (len(paths), *first.shape), first.dtype
     tmp = crops_dir / f".{PACK_ARRAY}.{os.getpid()}.tmp"
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
-    try:
-        for i, rel in enumerate(paths):
-            crop = first if i == 0 else _read(crops_dir, rel)
-            if crop.shape != first.shape or crop.dtype != dtype:
-                raise ValueError(f"{crops_dir / rel}: crop of shape {crop.shape} and type "
-                                 f"{crop.dtype}, but {paths[0]} is {first.shape} {dtype}; "
-                                 "rerun the crop stage")
-            array[i] = crop
-        array.flush()
-        del array
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+              "shape": shape}
+    try:  # plain writes, not a memory map: a full disk is an OSError, not a SIGBUS
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array_header_2_0(f, header)
+            for rel in paths:
+                crop = _read(crops_dir, rel)
+                if crop.shape != first.shape or crop.dtype != dtype:
+                    raise ValueError(f"{crops_dir / rel}: crop of shape {crop.shape} and type "
+                                     f"{crop.dtype}, but {paths[0]} is {first.shape} {dtype}; "
+                                     "rerun the crop stage")
+                f.write(np.ascontiguousarray(crop).tobytes())
         os.replace(tmp, crops_dir / PACK_ARRAY)
     finally:
         tmp.unlink(missing_ok=True)
@@ -104,6 +106,19 @@ def pack_problem(crops_dir: str | Path) -> str | None:
         return f"{record_path} unreadable ({err})"
     if record.get("source_hash") != cache.file_hash(crops_dir / "crops.csv"):
         return f"{array_path} is stale: {crops_dir / 'crops.csv'} changed since it was packed"
+    try:
+        array = np.load(array_path, mmap_mode="r")
+        paths, shape, dtype = record["crop_paths"], tuple(record["shape"]), record["dtype"]
+        first = np.load(crops_dir / paths[0], mmap_mode="r") if paths else None
+    except (OSError, ValueError, KeyError, IndexError) as err:
+        return f"{array_path} or its record unreadable ({type(err).__name__}: {err})"
+    if array.shape != shape or str(array.dtype) != dtype:
+        return f"{array_path} holds {array.shape} {array.dtype}, its record says {shape} {dtype}"
+    if first is None or first.shape != shape[1:] or str(first.dtype) != dtype:
+        # crops.csv records boxes, not the crop size: a rerun at another size leaves it alike
+        return (f"{array_path} is stale: {crops_dir / paths[0]} is "
+                f"{getattr(first, 'shape', None)} {getattr(first, 'dtype', None)}, the pack "
+                f"{shape[1:]} {dtype}")
     return None
 
 
@@ -112,16 +127,33 @@ def load_pack_index(crops_dir: str | Path) -> PackIndex | None:
     crops_dir = Path(crops_dir)
     if pack_problem(crops_dir) is not None:
         return None
-    record = json.loads((crops_dir / PACK_RECORD).read_text())
+    record = json.loads((crops_dir / PACK_RECORD).read_text())  # checked by pack_problem
     return PackIndex(crops_dir / PACK_ARRAY, {p: i for i, p in enumerate(record["crop_paths"])},
                      tuple(record["shape"]), record["dtype"])
 
 
 def ensure_pack(crops_dir: str | Path) -> PackIndex:
-    """The usable pack of ``crops_dir``, built first when missing or stale."""
-    return load_pack_index(crops_dir) or build_pack(crops_dir)
+    """The usable pack of ``crops_dir``, built first when missing or stale; one builder at a
+    time (a lock file: parallel fold jobs wait, then find it built)."""
+    crops_dir = Path(crops_dir)
+    index = load_pack_index(crops_dir)
+    if index is not None:
+        return index
+    with open(crops_dir / ".crops_pack.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return load_pack_index(crops_dir) or build_pack(crops_dir)
+
+
+def remove_pack(crops_dir: str | Path) -> None:
+    """Delete the pack of ``crops_dir`` (when crops are rewritten without one)."""
+    for name in (PACK_RECORD, PACK_ARRAY):
+        (Path(crops_dir) / name).unlink(missing_ok=True)
 
 
 def open_array(index: PackIndex) -> np.ndarray:
-    """The pack, memory-mapped read-only."""
-    return np.load(index.array_path, mmap_mode="r")
+    """The pack, memory-mapped read-only; ValueError naming it when it cannot be mapped."""
+    try:
+        return np.load(index.array_path, mmap_mode="r")
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{index.array_path}: cannot map the crop pack ({err}); delete it "
+                         "and its crops_pack.json to rebuild") from err
