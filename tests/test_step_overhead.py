@@ -23,19 +23,7 @@ from hipdisloc.training import (
     stage_trainer,
 )
 
-
-class PerStepLog(DislocationClassifier):
-    """The module's training step as it was: ``self.log`` every step, epoch mean by Lightning."""
-
-    def training_step(self, batch, batch_idx):
-        x, y, _ = batch
-        loss = self.loss_fn(self(x), y)
-        self.log("train/loss", loss, prog_bar=True, on_epoch=True, on_step=False,
-                 batch_size=len(y))
-        return loss
-
-    def on_train_epoch_end(self) -> None:
-        pass
+PerStepLog = step_overhead.PerStepLog  # the module as it was: self.log every step
 
 
 def _loaders() -> tuple[DataLoader, DataLoader]:
