@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from hipdisloc.folds import assign_fold_groups, fold_subsets
 from hipdisloc.io import cache
-from hipdisloc.io.pack import PackIndex, ensure_pack, load_pack_index, open_array, pack_problem
+from hipdisloc.io.pack import PackIndex, check_pack, ensure_pack, open_array
 
 log = logging.getLogger(__name__)
 
@@ -257,10 +257,9 @@ class ClassificationDataModule(pl.LightningDataModule):
         """The crops directory's pack when ``packed`` and the pack matches crops.csv."""
         if not self.packed:
             return None
-        index = load_pack_index(self.crops_dir)
+        index, problem = check_pack(self.crops_dir)
         if index is None:
-            log.warning("%s: reading one file per crop (ensure_pack builds the pack)",
-                        pack_problem(self.crops_dir))
+            log.warning("%s: reading one file per crop (ensure_pack builds the pack)", problem)
         return index
 
     def setup(self, stage: str | None = None) -> None:

@@ -93,43 +93,46 @@ def _read(crops_dir: Path, rel: str) -> np.ndarray:
         raise ValueError(f"{path}: cannot read this crop ({err}); rerun the crop stage") from err
 
 
-def pack_problem(crops_dir: str | Path) -> str | None:
-    """Why the pack of ``crops_dir`` cannot be used (missing, unreadable record, stale), or
-    None when it matches the current ``crops.csv``."""
+def check_pack(crops_dir: str | Path) -> tuple[PackIndex | None, str | None]:
+    """(the pack's index, None) when the pack of ``crops_dir`` matches the current
+    ``crops.csv``; else (None, why not: missing, unreadable, stale). One read of the record and
+    one hash of crops.csv."""
     crops_dir = Path(crops_dir)
     record_path, array_path = crops_dir / PACK_RECORD, crops_dir / PACK_ARRAY
     if not record_path.is_file() or not array_path.is_file():
-        return f"no pack in {crops_dir}"
+        return None, f"no pack in {crops_dir}"
     try:
         record = json.loads(record_path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        return f"{record_path} unreadable ({err})"
+        return None, f"{record_path} unreadable ({err})"
     if record.get("source_hash") != cache.file_hash(crops_dir / "crops.csv"):
-        return f"{array_path} is stale: {crops_dir / 'crops.csv'} changed since it was packed"
+        return None, (f"{array_path} is stale: {crops_dir / 'crops.csv'} changed since it was "
+                      "packed")
     try:
         array = np.load(array_path, mmap_mode="r")
         paths, shape, dtype = record["crop_paths"], tuple(record["shape"]), record["dtype"]
         first = np.load(crops_dir / paths[0], mmap_mode="r") if paths else None
     except (OSError, ValueError, KeyError, IndexError) as err:
-        return f"{array_path} or its record unreadable ({type(err).__name__}: {err})"
+        return None, f"{array_path} or its record unreadable ({type(err).__name__}: {err})"
     if array.shape != shape or str(array.dtype) != dtype:
-        return f"{array_path} holds {array.shape} {array.dtype}, its record says {shape} {dtype}"
+        return None, (f"{array_path} holds {array.shape} {array.dtype}, its record says "
+                      f"{shape} {dtype}")
     if first is None or first.shape != shape[1:] or str(first.dtype) != dtype:
         # crops.csv records boxes, not the crop size: a rerun at another size leaves it alike
-        return (f"{array_path} is stale: {crops_dir / paths[0]} is "
-                f"{getattr(first, 'shape', None)} {getattr(first, 'dtype', None)}, the pack "
-                f"{shape[1:]} {dtype}")
-    return None
+        return None, (f"{array_path} is stale: {crops_dir / paths[0]} is "
+                      f"{getattr(first, 'shape', None)} {getattr(first, 'dtype', None)}, the "
+                      f"pack {shape[1:]} {dtype}")
+    return PackIndex(array_path, {p: i for i, p in enumerate(paths)}, shape, dtype), None
+
+
+def pack_problem(crops_dir: str | Path) -> str | None:
+    """Why the pack of ``crops_dir`` cannot be used, or None when it can."""
+    return check_pack(crops_dir)[1]
 
 
 def load_pack_index(crops_dir: str | Path) -> PackIndex | None:
-    """The pack's index when the pack is usable (:func:`pack_problem` is None), else None."""
-    crops_dir = Path(crops_dir)
-    if pack_problem(crops_dir) is not None:
-        return None
-    record = json.loads((crops_dir / PACK_RECORD).read_text())  # checked by pack_problem
-    return PackIndex(crops_dir / PACK_ARRAY, {p: i for i, p in enumerate(record["crop_paths"])},
-                     tuple(record["shape"]), record["dtype"])
+    """The pack's index when the pack is usable, else None."""
+    return check_pack(crops_dir)[0]
 
 
 def ensure_pack(crops_dir: str | Path) -> PackIndex:
