@@ -116,9 +116,8 @@ def item_costs(crops_dir: Path, n: int, batch_size: int) -> dict:
     dm = ClassificationDataModule(str(crops_dir), fold=0, n_folds=10, seed=0, augment="all")
     dm.ensure_pack()
     dm.setup()
-    ds = CropDataset(dm.subset("train"), dm.crops_dir, oversample=True, augment="all",
-                     pack=dm.pack_index())
-    positions = [i % len(ds) for i in range(n)]
+    ds = CropDataset(dm.subset("train"), dm.crops_dir, augment="all", pack=dm.pack_index())
+    positions = [i % len(ds) for i in range(n)]  # keys below n: rows, each read as itself
     batches = [positions[k:k + batch_size] for k in range(0, n, batch_size)]
     ds.__getitems__(positions[:16])  # warm up: page cache, OpenCV, allocator
     t = dict.fromkeys(ITEM_STEPS, 0.0)
@@ -126,7 +125,7 @@ def item_costs(crops_dir: Path, n: int, batch_size: int) -> dict:
     for batch in batches:
         t0 = clock()
         images = batch_buffer((len(batch), 1, *ds.stored(0).shape))
-        rows = ds.index[batch]
+        rows = np.array([ds.row_of(key)[0] for key in batch])
         torch.from_numpy(ds.labels[rows]), torch.as_tensor(batch)
         t["batch"] += clock() - t0
         for k, row in enumerate(rows):

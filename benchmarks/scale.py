@@ -84,15 +84,15 @@ def run_task(task: str, csv: Path) -> dict:
         subsets = fold_subsets(table, groups, 0, 0)
         out["subsets"] = subsets.value_counts().to_dict()
     elif task == "oversample":
-        ds = CropDataset(table, csv.parent, oversample=True, augment="none")
-        positions = list(OversampledSampler(len(ds), shuffle=True, seed=0))
-        out["epoch"] = len(positions)
-        out["positives"] = float(np.mean(table["dislocated"].to_numpy()[ds.index]))
+        ds = CropDataset(table, csv.parent, augment="none")
+        keys = list(OversampledSampler(ds.labels, shuffle=True, seed=0))
+        out["epoch"] = len(keys)
+        out["positives"] = float(np.mean([ds.labels[ds.row_of(k)[0]] for k in keys]))
     elif task == "datamodule_setup":
         dm = ClassificationDataModule(str(csv.parent), fold=0, n_folds=10, seed=0)
         dm.setup()
-        ds = CropDataset(dm.subset("train"), csv.parent, oversample=True, augment="none")
-        out["epoch"] = len(list(OversampledSampler(len(ds), shuffle=True, seed=0)))
+        ds = CropDataset(dm.subset("train"), csv.parent, augment="none")
+        out["epoch"] = len(list(OversampledSampler(ds.labels, shuffle=True, seed=0)))
     else:
         raise ValueError(f"unknown task {task!r}")
     return {"task": task, "seconds": time.perf_counter() - start, "peak_mb": peak_mb(),

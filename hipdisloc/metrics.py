@@ -12,6 +12,35 @@ def _ratio(a: float, b: float) -> float:
     return float(a / b) if b else float("nan")
 
 
+def roc_auc(y_true, y_score) -> float:
+    """ROC AUC; NaN unless both classes are present."""
+    y = np.asarray(y_true).astype(int)
+    return float(roc_auc_score(y, np.asarray(y_score, dtype=float))) if len(set(y)) == 2 \
+        else float("nan")
+
+
+def weighted_bce(y_true, logits, pos_weight: float, balance_classes: bool = False) -> float:
+    """The mean of ``BCEWithLogitsLoss(pos_weight)`` over images; with ``balance_classes``, the
+    mean over an epoch where the minority class is repeated until both classes are equal (its
+    expected value: each minority image weighted majority / minority), without scoring copies.
+    """
+    y = np.asarray(y_true).astype(float)
+    z = np.asarray(logits, dtype=float)
+    if len(y) == 0:
+        return float("nan")
+    # -[w y log sigmoid(z) + (1 - y) log(1 - sigmoid(z))], stably
+    losses = pos_weight * y * np.logaddexp(0.0, -z) + (1 - y) * np.logaddexp(0.0, z)
+    weights = np.ones_like(y)
+    n_pos = y.sum()
+    n_neg = len(y) - n_pos
+    if balance_classes and n_pos and n_neg:
+        if n_pos <= n_neg:
+            weights[y == 1] = n_neg / n_pos
+        else:
+            weights[y == 0] = n_pos / n_neg
+    return float(np.sum(weights * losses) / np.sum(weights))
+
+
 def confusion_metrics(y_true, y_score, threshold: float = 0.5) -> dict:
     """Accuracy, sensitivity, specificity, PPV, NPV, ROC AUC and the confusion matrix."""
     y = np.asarray(y_true).astype(int)
@@ -21,7 +50,7 @@ def confusion_metrics(y_true, y_score, threshold: float = 0.5) -> dict:
     fp = int(((y == 0) & pred).sum())
     tn = int(((y == 0) & ~pred).sum())
     fn = int(((y == 1) & ~pred).sum())
-    auc = float(roc_auc_score(y, s)) if len(set(y)) == 2 else float("nan")
+    auc = roc_auc(y, s)
     return {"threshold": threshold, "n_images": len(y), "n_positive": int(y.sum()),
             "accuracy": _ratio(tp + tn, len(y)), "sensitivity": _ratio(tp, tp + fn),
             "specificity": _ratio(tn, tn + fp), "ppv": _ratio(tp, tp + fp),
@@ -51,3 +80,33 @@ def select_checkpoint(val_auc: list[float], val_sensitivity: list[float],
     if ok.any():
         return Selection(int(np.argmax(np.where(ok, auc, -np.inf))), True)
     return Selection(int(np.argmax(auc)), False)
+
+
+RATES = ("accuracy", "sensitivity", "specificity", "ppv", "npv", "auc")
+
+
+def repeated_draw_metrics(draws: list[tuple], threshold: float) -> dict:
+    """Metrics at ``threshold`` averaged over repeated samples, each ``(labels, scores)``: per
+    metric the mean over the draws where it is defined (``defined`` counts them), and the
+    images and positives per draw (mean; min and max of the positives)."""
+    values = {m: [] for m in RATES}
+    images, positives = [], []
+    for labels, scores in draws:
+        m = confusion_metrics(labels, scores, threshold)
+        for name in RATES:
+            values[name].append(m[name])
+        images.append(m["n_images"])
+        positives.append(m["n_positive"])
+    out: dict = {}
+    for name, vals in values.items():
+        v = np.asarray(vals, dtype=float)
+        v = v[np.isfinite(v)]
+        out[name] = float(v.mean()) if len(v) else float("nan")
+    out.update(threshold=threshold, n_draws=len(draws),
+               n_images=float(np.mean(images)) if images else 0.0,
+               n_positive=float(np.mean(positives)) if positives else 0.0,
+               n_positive_range=[int(min(positives)), int(max(positives))] if positives
+               else [0, 0],
+               defined={name: int(np.isfinite(np.asarray(v, float)).sum())
+                        for name, v in values.items()})
+    return out

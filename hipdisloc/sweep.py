@@ -45,6 +45,40 @@ def phantom_oracle_auc(predictions_csv: Path, data_dir: Path) -> float | None:
     return float(roc_auc_score(pred["dislocated"], pred["risk_image_only"]))
 
 
+def threshold_note(results: list[dict]) -> str:
+    """What the metrics are computed at: the rule (from each fold's test_metrics.json) and the
+    range of the folds' thresholds."""
+    rules = sorted({(r.get("threshold_rule") or {}).get("description", "") for r in results})
+    scores = [float(r["threshold"]) for r in results if r.get("threshold") is not None]
+    risks = [float(r["threshold_risk"]) for r in results if r.get("threshold_risk") is not None]
+    if not any(rules):
+        return (f"Threshold: score {scores[0]:g} for every fold (fixed)." if scores else "")
+    span = (f"score {min(scores):.4g}–{max(scores):.4g}" if len(scores) > 1
+            else f"score {scores[0]:.4g}")
+    if risks:
+        span += f", risk {100 * min(risks):.2f}–{100 * max(risks):.2f} %"
+    return (f"Threshold rule: {' / '.join(r for r in rules if r)}, chosen per fold on its "
+            f"validation images (each once, real prevalence), never on test ({span}).")
+
+
+def draws_note(results: list[dict]) -> str:
+    """How Table 3's samples were drawn (from each fold's ``by_sex``)."""
+    draws, positives, images = [], [], []
+    for r in results:
+        for sex in ("male", "female"):
+            entry = (r.get("by_sex") or {}).get(sex) or {}
+            if "n_draws" in entry:
+                draws.append(int(entry["n_draws"]))
+                positives.append(float(entry["n_positive"]))
+                images.append(float(entry["n_images"]))
+    if not draws:
+        return "One sample per fold and sex."
+    return (f"Per fold and sex: {min(draws)} seeded samples of the fold's non-training images, "
+            f"metrics averaged over the samples; {min(images):.0f}–{max(images):.0f} images "
+            f"and {min(positives):.1f}–{max(positives):.1f} positives per sample. P values "
+            "pair the folds (effective n: the folds, not the samples).")
+
+
 def fold_results(sweep_dir: str | Path) -> tuple[list[dict], list[str]]:
     folder = Path(sweep_dir)
     results, missing = [], []
@@ -70,9 +104,10 @@ def aggregate(sweep_dir: str | Path) -> SweepTables:
     note = (f"\nFolds without results (not aggregated): {', '.join(missing)}\n"
             if missing else "")
     write_text(folder / "table2.md", "# Table 2: test metrics per fold\n\n"
-               + table2_markdown(t2) + note)
-    write_text(folder / "table3.md", "# Table 3: male vs female test samples at the "
-               "configured prevalence\n\n" + table3_markdown(t3))
+               + threshold_note(results) + "\n\n" + table2_markdown(t2) + note)
+    write_text(folder / "table3.md", "# Table 3: male vs female samples at the "
+               "configured prevalence\n\n" + draws_note(results) + "\n\n"
+               + table3_markdown(t3))
     return SweepTables(folder, results, t2, t3, missing)
 
 

@@ -1,11 +1,14 @@
 """Train and evaluate one fold: two-stage ResNet18, the paper's selection rule, test metrics.
 
 Writes to the fold's run directory: ``checkpoints/selected.pt`` (plain state dict),
-``history.csv`` (per epoch and stage: validation AUC, sensitivity, specificity and loss, the
-training loss), ``predictions.csv`` (test images at real prevalence, hashed patient ids),
-``validation_predictions.csv`` (the validation images, each once: what a recalibration is
-fitted on), ``test_metrics.json`` (DESIGN.md section 2, with
-the male- and female-only samples at 2 % prevalence under ``by_sex``), and Lightning's CSV logs.
+``history.csv`` (per epoch and stage: validation AUC, sensitivity, specificity and loss at the
+selection threshold, whether the epoch qualified, the training loss), ``predictions.csv`` (test
+images at real prevalence, hashed patient ids, logit and score), ``validation_predictions.csv``
+(the validation images, each once: what the decision threshold is chosen on and a
+recalibration fitted on), ``lr_find.csv`` (stage 2's LR range test), ``test_metrics.json``
+(DESIGN.md section 2: metrics at the threshold the configured rule chose on the validation
+images, with the male- and female-only samples at 2 % prevalence, averaged over repeated
+draws, under ``by_sex``), and Lightning's CSV logs.
 
 Resumable: every epoch leaves ``checkpoints/<stage>/last.ckpt``, the validation history and the
 two weights the selection rule can still pick (best qualified, best overall) on disk, so the same
@@ -31,13 +34,15 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger, Logger
-from pytorch_lightning.tuner import Tuner
 from pytorch_lightning.utilities import rank_zero_only
+from scipy.special import expit
 
 from hipdisloc.data.classification import ClassificationDataModule, oversampled_index
 from hipdisloc.io.atomic import write_csv, write_text
-from hipdisloc.metrics import Selection, confusion_metrics
+from hipdisloc.lr_finder import find_lr
+from hipdisloc.metrics import Selection, confusion_metrics, repeated_draw_metrics
 from hipdisloc.models.classifier import DislocationClassifier, resolve_pretrained
+from hipdisloc.thresholds import ThresholdRule, choose_threshold, logit, training_log_odds
 
 STAGES = ("stage1_head", "stage2_all")
 log = logging.getLogger(__name__)
@@ -61,11 +66,15 @@ class FoldSettings:
     lr_finder: bool = True
     lr_finder_steps: int = 50
     lr_slice_ratio: float = 100.0
-    threshold: float = 0.5
+    threshold_rule: str = "val_sensitivity"  # evaluation.threshold (hipdisloc.thresholds)
+    threshold_target: float = 0.90
+    threshold_value: float = 0.5
     sensitivity_floor: float = 0.80
+    selection_sensitivity_at: str = "prior_shift"  # or paper_literal (score 0.5)
     oversample_val: bool = True
     augment: str = "all"
     by_sex_prevalence: float = 0.02
+    by_sex_draws: int = 200
     resume: bool = True
     channels_last: bool = False
     compile: bool = False
@@ -185,6 +194,7 @@ class SelectionRecorder(pl.Callback):
                "specificity": float(m.get("val/specificity", float("nan"))),
                "val_loss": float(m.get("val/loss", float("nan"))),
                "train_loss": float("nan")}  # filled in when the training epoch ends
+        row["qualified"] = bool(row["sensitivity"] >= self.floor)
         # a resumed epoch replaces the row of its interrupted first attempt
         self.history = [h for h in self.history
                         if (h["stage"], h["epoch"]) != (row["stage"], row["epoch"])]
@@ -192,7 +202,7 @@ class SelectionRecorder(pl.Callback):
         index = len(self.history) - 1
         auc = _finite(row["auc"])
         update = []
-        if row["sensitivity"] >= self.floor and (
+        if row["qualified"] and (
                 self.best["qualified"] is None or auc > self.best["qualified"]["auc"]):
             update.append("qualified")
         if self.best["any"] is None or auc > self.best["any"]["auc"]:
@@ -245,7 +255,8 @@ def stage_trainer(out: Path, stage: str, recorder: SelectionRecorder, trainer: d
     return pl.Trainer(**args)
 
 
-def sample_at_prevalence(table: pd.DataFrame, prevalence: float, seed: int) -> pd.DataFrame:
+def sample_at_prevalence(table: pd.DataFrame, prevalence: float,
+                         seed: int | list[int]) -> pd.DataFrame:
     """All negatives and as many positives as make ``prevalence`` (fewer negatives if short)."""
     rng = np.random.default_rng(seed)
     pos = table[table["dislocated"] == 1]
@@ -259,6 +270,35 @@ def sample_at_prevalence(table: pd.DataFrame, prevalence: float, seed: int) -> p
     return table.loc[np.sort(take)]
 
 
+def by_sex_metrics(non_training: pd.DataFrame, threshold: float, prevalence: float,
+                   draws: int, seed: int, fold: int) -> dict:
+    """Table 3's inputs: per sex, ``draws`` samples of the fold's non-training images at
+    ``prevalence`` (the paper), each drawn from its own seeded stream, metrics at ``threshold``
+    (on the logit) averaged over the draws."""
+    out = {}
+    for code, (sex, label) in enumerate((("M", "male"), ("F", "female"))):
+        table = non_training[non_training["sex"] == sex]
+        samples = [sample_at_prevalence(table, prevalence, [seed, fold, code, k])
+                   for k in range(draws)] if len(table) else []
+        out[label] = repeated_draw_metrics(
+            [(t["dislocated"].to_numpy(), t["logit"].to_numpy()) for t in samples], threshold)
+        out[label]["prevalence"] = prevalence
+    return out
+
+
+SELECTION_SENSITIVITY_AT = ("prior_shift", "paper_literal")
+
+
+def selection_logit(at: str, pos_weight: float) -> float:
+    """Where each epoch's validation sensitivity is read for the selection rule: the prior-shift
+    threshold (likelihood ratio 1 for a model trained on balanced epochs: ``ln(pos_weight)``)
+    or the paper's literal score 0.5 (logit 0)."""
+    if at not in SELECTION_SENSITIVITY_AT:
+        raise ValueError(f"callbacks.selection.sensitivity_at must be one of "
+                         f"{SELECTION_SENSITIVITY_AT}, got {at!r}")
+    return training_log_odds(pos_weight, 0.5) if at == "prior_shift" else logit(0.5)
+
+
 class FoldRun:
     """One fold's training, in the order the paper describes; each step resumable."""
 
@@ -268,15 +308,16 @@ class FoldRun:
         self.ckpt_dir = out / "checkpoints"
         self.extra_loggers = loggers or []
         self.dm = ClassificationDataModule(str(crops_dir), s.fold, s.n_folds, s.seed,
-                                           s.batch_size, s.num_workers, s.oversample_val,
-                                           s.augment, pin_memory=s.pin_memory,
-                                           packed=s.packed, batch_dtype=s.batch_dtype)
+                                           s.batch_size, s.num_workers, s.augment,
+                                           pin_memory=s.pin_memory, packed=s.packed,
+                                           batch_dtype=s.batch_dtype)
         self.dm.setup()
         if rank_zero_only.rank == 0:  # before any Trainer: other ranks read it once started
             self.dm.ensure_pack()
-        self.model = DislocationClassifier(s.pretrained, s.pos_weight, s.lr, s.lr_slice_ratio,
-                                           s.threshold, s.channels_last, s.compile,
-                                           s.lr_schedule)
+        self.model = DislocationClassifier(
+            s.pretrained, s.pos_weight, s.lr, s.lr_slice_ratio,
+            selection_logit(s.selection_sensitivity_at, s.pos_weight), s.channels_last,
+            s.compile, s.lr_schedule, s.oversample_val)
         if not s.resume and rank_zero_only.rank == 0:
             for stale in ("selection.json", "progress.json"):
                 (self.ckpt_dir / stale).unlink(missing_ok=True)
@@ -316,40 +357,54 @@ class FoldRun:
         self._fit(STAGES[0], self.s.head_epochs)
         self._save_progress(stage1_done=True)
 
+    def prepare_stage2(self) -> None:
+        """The model as stage 2 starts: stage 1's weights (read back from its ``last.ckpt``
+        when stage 1 ran in an earlier process), every layer trainable. Before the LR finder,
+        which must tune this model and its discriminative slice."""
+        stage1_last = self.ckpt_dir / STAGES[0] / "last.ckpt"
+        if self.progress.get("stage1_done") and self.s.head_epochs > 0 \
+                and stage1_last.is_file():  # (equal to the weights in memory after stage 1)
+            state = torch.load(stage1_last, map_location="cpu", weights_only=False)
+            self.model.load_state_dict(state["state_dict"])
+        self.model.unfreeze()
+
     def lr_for_stage2(self) -> float:
+        """Stage 2's top learning rate: from the LR range test on the prepared stage-2 model
+        (:func:`hipdisloc.lr_finder.find_lr`, curve in ``lr_find.csv``), else ``model.lr``.
+        Found once: a resumed fold reads it from ``progress.json``."""
         if "top_lr" in self.progress:
             return float(self.progress["top_lr"])
+        if self.model.stage != "all":
+            raise RuntimeError("prepare_stage2() first: the finder tunes the unfrozen model")
         top_lr = self.s.lr
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        finder = None
         if self.s.lr_finder and (rank_zero_only.rank == 0 or not distributed):
             # one process on one device; under DDP rank 0 finds the rate and broadcasts it
-            single = {k: v for k, v in self.s.trainer.items() if k in ("accelerator",)}
-            finder = Tuner(pl.Trainer(default_root_dir=self.out / f".lr_find{rank_zero_only.rank}",
-                                      logger=False, enable_checkpointing=False,
-                                      use_distributed_sampler=False, devices=1,
-                                      enable_progress_bar=False, **single)
-                           ).lr_find(self.model, datamodule=self.dm, min_lr=1e-6, max_lr=1e-2,
-                                     num_training=self.s.lr_finder_steps, update_attr=False)
-            top_lr = float(finder.suggestion() or self.s.lr) if finder is not None else top_lr
+            single = {k: v for k, v in self.s.trainer.items()
+                      if k in ("accelerator", "precision")}
+            curve = find_lr(self.model, self.dm,
+                            dict(default_root_dir=self.out / f".lr_find{rank_zero_only.rank}",
+                                 use_distributed_sampler=False, devices=1, **single),
+                            min_lr=1e-6, max_lr=1e-2, steps=self.s.lr_finder_steps)
+            top_lr = float(curve.suggestion or self.s.lr)
+            finder = {"suggestion": curve.suggestion, "used": top_lr, "steps": len(curve.lrs),
+                      "min_lr": 1e-6, "max_lr": 1e-2, "group_ratios": curve.group_ratios}
+            write_csv(curve.table(), self.out / "lr_find.csv")
         if self.s.lr_finder and distributed:
             shared = [top_lr]
             torch.distributed.broadcast_object_list(shared, src=0)
             top_lr = float(shared[0])
-        self._save_progress(top_lr=top_lr)
+        self._save_progress(top_lr=top_lr, lr_finder=finder)
         return top_lr
 
     def stage2(self, top_lr: float) -> pl.Trainer:
         self.model.unfreeze()
         self.model.hparams.lr = top_lr
-        resumed = (self.ckpt_dir / STAGES[1] / "last.ckpt").is_file() and self.s.resume
-        stage1_last = self.ckpt_dir / STAGES[0] / "last.ckpt"
-        if not resumed and self.progress.get("stage1_done") and stage1_last.is_file():
-            state = torch.load(stage1_last, map_location="cpu", weights_only=False)
-            self.model.load_state_dict(state["state_dict"])  # stage 1 ran in an earlier process
         return self._fit(STAGES[1], self.s.full_epochs)
 
     def evaluate(self, trainer_args: dict) -> dict[str, np.ndarray]:
-        """Scores of the test half and of every non-training image, through the Lightning
+        """Logits of the test half and of every non-training image, through the Lightning
         test step (DDP: each rank a disjoint share, gathered)."""
         out = {}
         for subset in ("test", "non_training"):
@@ -358,17 +413,23 @@ class FoldRun:
                                 use_distributed_sampler=False, default_root_dir=self.out,
                                 **trainer_args)
             tester.test(self.model, datamodule=self.dm, verbose=False)
-            out[subset] = self.model.last_predictions["score"]
+            out[subset] = self.model.last_predictions["logit"]
         return out
 
 
-def _prediction_table(images: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:
-    """One row per image (each once, at the subset's real prevalence), patients hashed."""
+def _prediction_table(images: pd.DataFrame, logits: np.ndarray) -> pd.DataFrame:
+    """One row per image (each once, at the subset's real prevalence), patients hashed; the
+    logit (what AUC and thresholds use: it does not saturate) and its sigmoid score."""
+    logits = np.asarray(logits, dtype=float)
     return pd.DataFrame({"image_id": images["image_id"].to_numpy(),
                          "patient": [patient_hash(p) for p in images["patient_id"]],
                          "sex": images["sex"].to_numpy(),
                          "dislocated": images["dislocated"].to_numpy(),
-                         "score": np.asarray(scores, dtype=float)})
+                         "logit": logits, "score": expit(logits)})
+
+
+def threshold_rule(s: FoldSettings) -> ThresholdRule:
+    return ThresholdRule(s.threshold_rule, s.threshold_target, s.threshold_value)
 
 
 def train_fold(crops_dir: str | Path, out_dir: str | Path, s: FoldSettings,
@@ -376,11 +437,13 @@ def train_fold(crops_dir: str | Path, out_dir: str | Path, s: FoldSettings,
     pl.seed_everything(s.seed + s.fold, workers=True)
     out, crops_dir = Path(out_dir), Path(crops_dir)
     out.mkdir(parents=True, exist_ok=True)
+    rule = threshold_rule(s)  # a wrong rule fails before any training
     run = FoldRun(crops_dir, out, s, loggers)
     if s.head_epochs > 0:
         run.stage1()
     else:
         run._save_progress(stage1_done=True)
+    run.prepare_stage2()
     top_lr = run.lr_for_stage2()
     second = run.stage2(top_lr)
 
@@ -389,40 +452,50 @@ def train_fold(crops_dir: str | Path, out_dir: str | Path, s: FoldSettings,
     trainer_args = {k: v for k, v in s.trainer.items()
                     if k in ("accelerator", "devices", "num_nodes", "strategy", "precision",
                              "enable_progress_bar")}
-    scores = run.evaluate(trainer_args)
+    logits = run.evaluate(trainer_args)
     dm, history = run.dm, pd.DataFrame(run.recorder.history)
     test = dm.subset("test")
-    metrics = confusion_metrics(test["dislocated"], scores["test"], s.threshold)
     non_training = dm.table[dm.table["subset"] != "train"]
-    non_training = non_training.assign(score=scores["non_training"])
+    non_training = non_training.assign(logit=logits["non_training"])
+    validation = non_training[non_training["subset"] == "val"]
     train_labels = dm.subset("train")["dislocated"].to_numpy(float)
     trained_on = train_labels[oversampled_index(train_labels)[0]]  # one epoch's labels
-    by_sex = {}
-    for sex, label in (("M", "male"), ("F", "female")):
-        sample = sample_at_prevalence(non_training[non_training["sex"] == sex],
-                                      s.by_sex_prevalence, s.seed + s.fold)
-        by_sex[label] = confusion_metrics(sample["dislocated"], sample["score"], s.threshold)
-    result = {"fold": s.fold, **metrics, "by_sex": by_sex,
+    train_share, real_share = float(trained_on.mean()), float(train_labels.mean())
+    # the decision threshold: from the validation images alone (each once, real prevalence)
+    threshold = choose_threshold(validation["dislocated"].to_numpy(),
+                                 validation["logit"].to_numpy(), rule,
+                                 pos_weight=s.pos_weight, train_positive_share=train_share,
+                                 prevalence=real_share)
+    metrics = confusion_metrics(test["dislocated"], logits["test"], threshold.logit)
+    by_sex = by_sex_metrics(non_training, threshold.logit, s.by_sex_prevalence,
+                            s.by_sex_draws, s.seed, s.fold)
+    selected = history.loc[chosen.index]
+    result = {"fold": s.fold, **metrics, "threshold": threshold.score,
+              "threshold_logit": threshold.logit, "threshold_risk": threshold.risk,
+              "threshold_rule": threshold.record(), "by_sex": by_sex,
               "selection": {"epoch_index": chosen.index, "qualified": chosen.qualified,
                             "rule": chosen.describe(s.sensitivity_floor),
-                            "stage": history.loc[chosen.index, "stage"],
-                            "epoch": int(history.loc[chosen.index, "epoch"]),
-                            "val_auc": float(history.loc[chosen.index, "auc"]),
-                            "val_sensitivity": float(history.loc[chosen.index, "sensitivity"])},
+                            "sensitivity_at": s.selection_sensitivity_at,
+                            "sensitivity_logit": float(run.model.hparams.selection_logit),
+                            "stage": selected["stage"], "epoch": int(selected["epoch"]),
+                            "val_auc": float(selected["auc"]),
+                            "val_sensitivity": float(selected["sensitivity"]),
+                            "qualified_epochs": int(history["qualified"].sum()),
+                            "epochs": len(history)},
               "calibration_inputs": {
                   # what a recalibration needs: the positive share the model was trained on
                   # (oversampled) and its BCE weight, beside the real share in its training set
-                  "train_positive_share": float(trained_on.mean()),
-                  "train_prevalence_real": float(train_labels.mean()),
+                  "train_positive_share": train_share,
+                  "train_prevalence_real": real_share,
                   "pos_weight": float(s.pos_weight)},
-              "lr_stage2_top": top_lr, "pretrained": resolve_pretrained(s.pretrained),
+              "lr_stage2_top": top_lr, "lr_finder": run.progress.get("lr_finder"),
+              "pretrained": resolve_pretrained(s.pretrained),
               "world_size": second.world_size}
     if second.is_global_zero:
         torch.save({"state_dict": run.model.state_dict(), "hparams": dict(run.model.hparams)},
                    run.ckpt_dir / "selected.pt")
-        write_csv(_prediction_table(test, scores["test"]), out / "predictions.csv")
-        validation = non_training[non_training["subset"] == "val"]
-        write_csv(_prediction_table(validation, validation["score"].to_numpy()),
+        write_csv(_prediction_table(test, logits["test"]), out / "predictions.csv")
+        write_csv(_prediction_table(validation, validation["logit"].to_numpy()),
                   out / "validation_predictions.csv")
         write_csv(history, out / "history.csv")
         folds = dm.table[["image_id", "patient_id", "dislocated", "sex", "group", "subset"]]

@@ -108,9 +108,9 @@ def test_packed_batches_equal_file_reads_one_item_at_a_time(crops, workers):
     torch.manual_seed(7)  # the workers' seeds, and so their augmentation draws
     packed = list(dm.train_dataloader())
     assert dm.train_dataloader().dataset.pack is not None
-    ds = CropDataset(dm.subset("train"), crops, oversample=True, augment="all")  # files
+    ds = CropDataset(dm.subset("train"), crops, augment="all")  # files
     assert ds.pack is None
-    sampler = OversampledSampler(len(ds), shuffle=True, seed=dm.seed)
+    sampler = OversampledSampler(ds.labels, shuffle=True, seed=dm.seed)
     torch.manual_seed(7)
     reference = list(DataLoader(OneItemAtATime(ds), batch_size=8, sampler=sampler,
                                 drop_last=True, num_workers=workers))
@@ -165,7 +165,7 @@ def test_float16_batches_are_the_float32_images_rounded_and_return_as_float32(cr
         assert not torch.equal(back, x32)  # rounded: the comparison can fail
     assert dm.on_after_batch_transfer(full[0], 0) is full[0]  # float32 passes untouched
     with pytest.raises(ValueError, match="batch_dtype must be one of"):
-        CropDataset(dm.subset("train"), crops, oversample=False, batch_dtype="bfloat16")
+        CropDataset(dm.subset("train"), crops, batch_dtype="bfloat16")
 
 
 def test_a_crops_directory_that_cannot_be_written_is_read_file_by_file(crops, tmp_path,

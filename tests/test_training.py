@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from hipdisloc.data.classification import (
     ClassificationDataModule,
@@ -16,8 +17,9 @@ from hipdisloc.data.classification import (
     oversampled_index,
 )
 from hipdisloc.models.classifier import DislocationClassifier, resnet18
+from hipdisloc.thresholds import ThresholdRule, choose_threshold
 from hipdisloc.train import expand_ranges
-from hipdisloc.training import FoldSettings, sample_at_prevalence, train_fold
+from hipdisloc.training import FoldSettings, by_sex_metrics, sample_at_prevalence, train_fold
 from tests.conftest import prepare_and_crop
 
 
@@ -35,14 +37,40 @@ def test_oversampled_index_balances_the_classes():
     assert (labels[index] == 1).sum() == (labels[index] == 0).sum() == 10
     assert is_copy.sum() == 7 and (labels[index[is_copy]] == 1).all()
     assert sorted(index[~is_copy].tolist()) == list(range(13))
+    copies = np.bincount(index[is_copy], minlength=13)[10:]
+    assert sorted(copies.tolist()) == [2, 2, 3]  # two full rounds, one drawn
+
+
+def test_oversampling_has_no_favourites():
+    """The copies beyond full rounds go to positives drawn afresh each epoch: over many epochs
+    every positive gets the same expected number of copies (not the first ones always)."""
+    labels = np.array([0] * 100 + [1] * 7)  # 93 extra = 13 rounds + 2 drawn
+    sampler = OversampledSampler(labels, oversample=True, shuffle=True, seed=4)
+    counts = np.zeros(len(labels))
+    epochs = 700
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        keys = np.array(list(sampler))
+        assert len(keys) == 200 and (labels[keys % len(labels)] == 1).sum() == 100
+        counts += np.bincount(keys % len(labels), minlength=len(labels))
+    per_positive = counts[100:] / epochs - 1  # copies per epoch
+    assert per_positive == pytest.approx(np.full(7, 93 / 7), abs=0.1)
+    assert np.all(counts[:100] == epochs)  # negatives once per epoch
+    # seeded: the same epoch gives the same keys in a new sampler
+    again = OversampledSampler(labels, oversample=True, shuffle=True, seed=4)
+    again.set_epoch(3)
+    sampler.set_epoch(3)
+    assert list(again) == list(sampler)
 
 
 def test_ddp_shards_are_disjoint_and_cover_the_epoch():
-    shards = [list(OversampledSampler(101, num_replicas=4, rank=r, seed=1)) for r in range(4)]
+    labels = np.zeros(101, int)
+    shards = [list(OversampledSampler(labels, num_replicas=4, rank=r, seed=1))
+              for r in range(4)]
     assert len({len(s) for s in shards}) == 1  # equal shares
     flat = [i for s in shards for i in s]
     assert set(flat) == set(range(101)) and len(flat) - len(set(flat)) == 3  # padding only
-    sampler = OversampledSampler(50, seed=1)
+    sampler = OversampledSampler(np.zeros(50, int), seed=1)
     first = list(sampler)
     sampler.set_epoch(1)
     assert list(sampler) != first and sorted(list(sampler)) == sorted(first)
@@ -52,22 +80,27 @@ def test_training_augments_every_item_and_validation_none(crops):
     dm = ClassificationDataModule(str(crops), fold=0, n_folds=2, batch_size=4, num_workers=0)
     dm.setup()
     train = dm.subset("train")
-    ds = CropDataset(train, crops, oversample=True, augment="all")
-    original = int(np.flatnonzero(~ds.is_copy)[0])
-    copy = int(np.flatnonzero(ds.is_copy)[0])
+    ds = CropDataset(train, crops, augment="all")
+    keys = OversampledSampler(ds.labels, oversample=True, shuffle=False).keys()
+    original = int(keys[0])
+    copy = int(keys[-1])
+    assert ds.row_of(original) == (0, False) and ds.row_of(copy)[1]
     # originals and copies alike: "augmented" must not tell the classes apart
     assert not torch.equal(ds[original][0], ds[original][0])
     assert not torch.equal(ds[copy][0], ds[copy][0])
-    only_copies = CropDataset(train, crops, oversample=True, augment="copies")
+    only_copies = CropDataset(train, crops, augment="copies")
     assert torch.equal(only_copies[original][0], only_copies[original][0])
-    plain = CropDataset(train, crops, oversample=True, augment="none")
+    assert not torch.equal(only_copies[copy][0], only_copies[copy][0])
+    plain = CropDataset(train, crops, augment="none")
     x = plain[original][0]
     assert torch.equal(x, plain[original][0])
     assert abs(float(x.mean())) < 1e-4 and abs(float(x.std()) - 1) < 0.01  # per-image norm
-    val = dm.val_dataloader().dataset
-    assert val.augment is None and val.is_copy.any()  # oversampled by exact duplicates
+    val = dm.val_dataloader()
+    assert val.dataset.augment is None
+    # validation images each once, at their real prevalence
+    assert sorted(val.sampler) == list(range(len(dm.subset("val"))))
     with pytest.raises(ValueError, match="augment must be one of"):
-        CropDataset(train, crops, oversample=False, augment="yes")
+        CropDataset(train, crops, augment="yes")
 
 
 def test_pretrained_weights_from_a_local_file_and_no_download(tmp_path, monkeypatch):
@@ -99,22 +132,106 @@ def test_sample_at_two_percent_prevalence():
 def test_one_fold_end_to_end(crops, tmp_path):
     s = FoldSettings(fold=1, n_folds=2, head_epochs=1, full_epochs=1, batch_size=8,
                      num_workers=0, lr=1e-3, lr_finder=True, lr_finder_steps=5,
+                     by_sex_draws=20,
                      trainer={"accelerator": "cpu", "devices": 1,
                               "enable_progress_bar": False})
     result = train_fold(crops, tmp_path, s)
     saved = json.loads((tmp_path / "test_metrics.json").read_text())
-    for key in ("fold", "n_images", "n_positive", "threshold", "accuracy", "sensitivity",
-                "specificity", "ppv", "npv", "auc", "confusion", "by_sex"):
+    for key in ("fold", "n_images", "n_positive", "threshold", "threshold_rule", "accuracy",
+                "sensitivity", "specificity", "ppv", "npv", "auc", "confusion", "by_sex"):
         assert key in saved
     assert set(saved["by_sex"]) == {"male", "female"}
+    assert saved["by_sex"]["male"]["n_draws"] == 20
     predictions = pd.read_csv(tmp_path / "predictions.csv")
     assert len(predictions) == saved["n_images"] == sum(saved["confusion"].values())
     assert not set(predictions["patient"]) & set(pd.read_csv(crops / "crops.csv")["patient_id"])
+    # logits kept, scores their sigmoid; metrics at the chosen threshold on the logit
+    assert np.allclose(predictions["score"], 1 / (1 + np.exp(-predictions["logit"])))
+    called = predictions["logit"] >= saved["threshold_logit"]
+    assert int((called & (predictions["dislocated"] == 1)).sum()) == saved["confusion"]["tp"]
+    # the threshold is reproducible from validation_predictions.csv alone
+    validation = pd.read_csv(tmp_path / "validation_predictions.csv")
+    rule = saved["threshold_rule"]
+    assert rule["rule"] == "val_sensitivity"
+    assert rule["n_validation_images"] == len(validation)
+    again = choose_threshold(validation["dislocated"], validation["logit"],
+                             ThresholdRule("val_sensitivity", 0.90),
+                             **{k: saved["calibration_inputs"][k] for k in
+                                ("pos_weight", "train_positive_share")},
+                             prevalence=saved["calibration_inputs"]["train_prevalence_real"])
+    assert again.logit == saved["threshold_logit"] and again.score == saved["threshold"]
+    assert again.validation_sensitivity >= 0.90
     history = pd.read_csv(tmp_path / "history.csv")
     assert list(history["stage"]) == ["head", "all"]
+    assert history["qualified"].tolist() == (history["sensitivity"] >= 0.8).tolist()
     assert result["selection"]["epoch_index"] in (0, 1)
+    assert result["selection"]["sensitivity_logit"] == pytest.approx(np.log(25.0))
+    assert (tmp_path / "lr_find.csv").is_file() and saved["lr_finder"]["steps"] >= 1
     loaded = torch.load(tmp_path / "checkpoints" / "selected.pt", weights_only=True)
     assert "state_dict" in loaded
+
+
+def test_lr_finder_tunes_the_unfrozen_stage1_model_after_a_resume(crops, tmp_path,
+                                                                  monkeypatch):
+    """Stage 1 in one process; the finder in the next (a resume): it must see stage 1's
+    weights, every layer trainable, and the discriminative slice in its parameter groups."""
+    import hipdisloc.training as training
+    from hipdisloc.training import STAGES, FoldRun
+
+    s = FoldSettings(fold=0, n_folds=2, head_epochs=1, full_epochs=1, batch_size=8,
+                     num_workers=0, lr=1e-3, lr_finder=True, lr_finder_steps=4,
+                     trainer={"accelerator": "cpu", "devices": 1,
+                              "enable_progress_bar": False})
+    first = FoldRun(crops, tmp_path, s)
+    first.stage1()
+    stage1 = torch.load(tmp_path / "checkpoints" / STAGES[0] / "last.ckpt",
+                        weights_only=False)["state_dict"]
+    seen = {}
+    real = training.find_lr
+
+    def spy(module, datamodule, trainer_args, **kwargs):
+        seen["weights_equal"] = all(torch.equal(v, stage1[k])
+                                    for k, v in module.state_dict().items())
+        seen["all_trainable"] = all(p.requires_grad for p in module.parameters())
+        curve = real(module, datamodule, trainer_args, **kwargs)
+        seen["ratios"] = curve.group_ratios
+        seen["after"] = all(torch.equal(v, stage1[k]) for k, v in module.state_dict().items())
+        return curve
+
+    monkeypatch.setattr(training, "find_lr", spy)
+    resumed = FoldRun(crops, tmp_path, s)  # a new process: random weights until prepared
+    assert resumed.progress.get("stage1_done")
+    with pytest.raises(RuntimeError, match="prepare_stage2"):
+        resumed.lr_for_stage2()
+    resumed.prepare_stage2()
+    resumed.lr_for_stage2()
+    assert seen["weights_equal"] and seen["all_trainable"]
+    assert len(seen["ratios"]) == 5 and seen["ratios"][-1] == 1.0
+    assert seen["ratios"][0] == pytest.approx(1 / s.lr_slice_ratio)
+    assert seen["after"]  # the finder restores what it trained
+
+
+def test_table3_draws_are_seeded_and_repeatable():
+    rng = np.random.default_rng(0)
+    n = 600
+    table = pd.DataFrame({"sex": rng.choice(["M", "F"], n),
+                          "dislocated": (rng.random(n) < 0.15).astype(int)})
+    table["logit"] = rng.normal(size=n) + 1.5 * table["dislocated"]
+    first = by_sex_metrics(table, 0.5, 0.02, 50, seed=0, fold=3)
+    assert first == by_sex_metrics(table, 0.5, 0.02, 50, seed=0, fold=3)
+    other = by_sex_metrics(table, 0.5, 0.02, 50, seed=0, fold=4)
+    assert other["male"]["auc"] != first["male"]["auc"]
+    for sex in ("male", "female"):
+        entry = first[sex]
+        assert entry["n_draws"] == 50 and entry["defined"]["auc"] == 50
+        negatives = int(((table["sex"] == sex[0].upper()) & (table["dislocated"] == 0)).sum())
+        assert entry["n_positive"] == round(negatives * 0.02 / 0.98)  # every draw at 2 %
+        assert entry["n_positive"] / entry["n_images"] == pytest.approx(0.02, abs=0.002)
+        single = [sample_at_prevalence(table[table["sex"] == sex[0].upper()], 0.02,
+                                       [0, 3, code, k])
+                  for code, k in [(("male", "female").index(sex), k) for k in range(50)]]
+        aucs = [roc_auc_score(t["dislocated"], t["logit"]) for t in single]
+        assert entry["auc"] == pytest.approx(np.mean(aucs))
 
 
 def test_fold_ranges_expand_before_hydra():

@@ -1,13 +1,17 @@
 """Classification data: THA crops of one fold, the minority class oversampled by index.
 
-Train (and, as in the paper, validation) epochs hold every normal image once and the dislocated
-images repeated until both classes are equal; repeats are indices, not files. Training images are
+Training epochs hold every normal image once and the dislocated images repeated until both
+classes are equal; repeats are sampler keys, not files, and the copies beyond full rounds are
+drawn afresh each epoch (no favourites). Training images are
 augmented on the fly (horizontal flip, rotation +/-10 deg, zoom <= 10 %) -- every one of them,
 not only the copies: copies exist only for the dislocated class, so augmenting copies alone makes
 "augmented" (rotated corners, interpolation blur) a label shortcut. On the phantom that shortcut
-gave validation AUC 0.93 and test AUC 0.60 (experiments/README.md). Validation repeats are exact
-duplicates. The test subset stays at its real prevalence. Each rank of a DDP run gets a disjoint
-share of the oversampled epoch (:class:`OversampledSampler`).
+gave validation AUC 0.93 and test AUC 0.60 (experiments/README.md). Validation and test images
+are served once each, at their real prevalence: the paper oversampled validation too, but its
+copies are exact duplicates, so the model weighs its validation loss as they would instead
+(``DislocationClassifier(oversample_val=True)``) and every threshold and sensitivity is read on
+the images as they are. Each rank of a DDP run gets a disjoint share of the epoch
+(:class:`OversampledSampler`).
 
 Loaders fetch whole batches (:meth:`CropDataset.__getitems__`): each item is read from the
 crops directory's pack (one memory-mapped array, :mod:`hipdisloc.io.pack`; built by
@@ -36,39 +40,71 @@ from hipdisloc.io.pack import PackIndex, check_pack, ensure_pack, open_array
 log = logging.getLogger(__name__)
 
 
-def oversampled_index(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def oversampled_index(labels: np.ndarray, seed=0) -> tuple[np.ndarray, np.ndarray]:
     """(row index, is_copy) of an epoch where the minority class matches the majority.
 
-    Every row appears once (is_copy False); minority rows are then repeated round-robin until
-    the classes are equal (is_copy True).
+    Every row appears once (is_copy False); the minority rows are then repeated until the
+    classes are equal (is_copy True): as many full rounds as fit, and the remainder drawn
+    without replacement by ``numpy.random.default_rng(seed)``, so that no row is favoured: every
+    minority row has the same expected number of copies (pass a new seed each epoch).
     """
     labels = np.asarray(labels).astype(int)
     rows = np.arange(len(labels))
     pos, neg = rows[labels == 1], rows[labels == 0]
     minority, majority = (pos, neg) if len(pos) <= len(neg) else (neg, pos)
     extra = len(majority) - len(minority)
-    copies = np.resize(minority, extra) if len(minority) and extra > 0 else np.zeros(0, int)
+    if len(minority) and extra > 0:
+        rounds, remainder = divmod(extra, len(minority))
+        drawn = np.random.default_rng(seed).choice(minority, remainder, replace=False)
+        copies = np.concatenate([np.tile(minority, rounds), np.sort(drawn)])
+    else:
+        copies = np.zeros(0, int)
     index = np.concatenate([rows, copies])
     is_copy = np.concatenate([np.zeros(len(rows), bool), np.ones(len(copies), bool)])
     return index, is_copy
 
 
-class OversampledSampler(Sampler):
-    """Positions 0..len-1 of an epoch, shuffled per epoch, split disjointly across ranks."""
+def epoch_length(labels: np.ndarray, oversample: bool) -> int:
+    """Items in an epoch: every row, plus the copies that balance the classes."""
+    labels = np.asarray(labels).astype(int)
+    n_pos = int(labels.sum())
+    return 2 * max(n_pos, len(labels) - n_pos) if oversample and 0 < n_pos < len(labels) \
+        else len(labels)
 
-    def __init__(self, length: int, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
-                 seed: int = 0):
-        self.length, self.num_replicas, self.rank = length, num_replicas, rank
+
+class OversampledSampler(Sampler):
+    """The keys of an epoch, shuffled per epoch, split disjointly across ranks.
+
+    A key is a row of the dataset (``key < n``) or, for an oversampled copy, ``n + row``
+    (:meth:`CropDataset.row_of`). With ``oversample`` the copies are drawn afresh each epoch
+    from (``seed``, epoch) (:func:`oversampled_index`); without it an epoch is every row once.
+    """
+
+    def __init__(self, labels: np.ndarray, oversample: bool = True, num_replicas: int = 1,
+                 rank: int = 0, shuffle: bool = True, seed: int = 0):
+        self.labels = np.asarray(labels).astype(int)
+        self.oversample = oversample
+        self.num_replicas, self.rank = num_replicas, rank
         self.shuffle, self.seed, self.epoch = shuffle, seed, 0
-        self.per_rank = math.ceil(length / num_replicas)
+        self.length = epoch_length(self.labels, oversample)
+        self.per_rank = math.ceil(self.length / num_replicas)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def keys(self) -> np.ndarray:
+        """This epoch's keys, in dataset order (before shuffling and sharding)."""
+        n = len(self.labels)
+        if not self.oversample:
+            return np.arange(n)
+        rows, is_copy = oversampled_index(self.labels, seed=[self.seed, self.epoch, 1])
+        return rows + n * is_copy
+
     def __iter__(self):
+        keys = self.keys()
         order = (np.random.default_rng([self.seed, self.epoch]).permutation(self.length)
                  if self.shuffle else np.arange(self.length))
-        padded = np.resize(order, self.per_rank * self.num_replicas)  # equal shares, as DDP needs
+        padded = np.resize(keys[order], self.per_rank * self.num_replicas)  # equal shares (DDP)
         return iter(padded[self.rank::self.num_replicas].tolist())
 
     def __len__(self) -> int:
@@ -141,19 +177,20 @@ AUGMENT_CHOICES = ("all", "copies", "none")
 
 
 class CropDataset(Dataset):
-    """Items: (image float32 (1, S, S), label float32, position in the epoch). One channel:
-    the model repeats it (DislocationClassifier.forward), after the copy to the device.
+    """Items: (image float32 (1, S, S), label float32, key). One channel: the model repeats it
+    (DislocationClassifier.forward), after the copy to the device.
 
-    ``augment``: ``all`` (every item, random), ``copies`` (only the oversampled repeats: a label
-    shortcut, kept for ablations) or ``none``. ``pack``: read crops from the crops directory's
-    pack instead of one file each. A DataLoader gets whole batches from :meth:`__getitems__`
-    (use ``collate_fn=already_collated``); ``batch_dtype`` ``float16`` rounds their images (computed
+    A key is a table row, or ``n + row`` for an oversampled copy of it (what
+    :class:`OversampledSampler` yields; :meth:`row_of`). ``augment``: ``all`` (every item,
+    random), ``copies`` (only the oversampled copies: a label shortcut, kept for ablations) or
+    ``none``. ``pack``: read crops from the crops directory's pack instead of one file each. A
+    DataLoader gets whole batches from :meth:`__getitems__` (use
+    ``collate_fn=already_collated``); ``batch_dtype`` ``float16`` rounds their images (computed
     in float32) to half the bytes to move, for bf16 training on a GPU.
     """
 
-    def __init__(self, table: pd.DataFrame, root: str | Path, oversample: bool,
-                 augment: str = "none", pack: PackIndex | None = None,
-                 batch_dtype: str = "float32"):
+    def __init__(self, table: pd.DataFrame, root: str | Path, augment: str = "none",
+                 pack: PackIndex | None = None, batch_dtype: str = "float32"):
         if batch_dtype not in BATCH_DTYPES:
             raise ValueError(f"batch_dtype must be one of {tuple(BATCH_DTYPES)}, got "
                              f"{batch_dtype!r}")
@@ -163,11 +200,6 @@ class CropDataset(Dataset):
         self.root = Path(root)
         self.paths = [str(self.root / p) for p in self.table["crop_path"]]  # no pandas per item
         self.labels = self.table["dislocated"].to_numpy(np.float32)
-        labels = self.table["dislocated"].to_numpy()
-        if oversample:
-            self.index, self.is_copy = oversampled_index(labels)
-        else:
-            self.index, self.is_copy = np.arange(len(labels)), np.zeros(len(labels), bool)
         self.augment = train_augmentation() if augment != "none" else None
         self.augment_copies_only = augment == "copies"
         self.batch_dtype = BATCH_DTYPES[batch_dtype]
@@ -179,7 +211,12 @@ class CropDataset(Dataset):
         return {**self.__dict__, "_pack_array": None}  # workers map the pack themselves
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.labels)
+
+    def row_of(self, key: int) -> tuple[int, bool]:
+        """(table row, is an oversampled copy) of a sampler key."""
+        n = len(self.labels)
+        return key % n, key >= n
 
     def stored(self, row: int) -> np.ndarray:
         """The cached integers of table row ``row``."""
@@ -189,12 +226,11 @@ class CropDataset(Dataset):
             self._pack_array = open_array(self.pack)
         return self._pack_array[self.pack_rows[row]]
 
-    def _image(self, position: int, stored: np.ndarray, out: torch.Tensor | None) -> np.ndarray:
+    def _image(self, is_copy: bool, stored: np.ndarray, out: torch.Tensor | None) -> np.ndarray:
         """The item's normalised float32 image, written into ``out`` when given (float16:
         rounded by torch's vectorised conversion)."""
         image = cache.decode(stored)
-        if self.augment is not None and (self.is_copy[position]
-                                         or not self.augment_copies_only):
+        if self.augment is not None and (is_copy or not self.augment_copies_only):
             image = self.augment(image)
         if out is None or out.dtype != torch.float32:
             image = normalise(image)
@@ -203,34 +239,35 @@ class CropDataset(Dataset):
             return image
         return normalise(image, out.numpy())
 
-    def __getitem__(self, position: int):
-        row = self.index[position]
-        image = self._image(position, self.stored(row), None)
-        return torch.from_numpy(image)[None], torch.tensor(self.labels[row]), position
+    def __getitem__(self, key: int):
+        row, is_copy = self.row_of(key)
+        image = self._image(is_copy, self.stored(row), None)
+        return torch.from_numpy(image)[None], torch.tensor(self.labels[row]), key
 
-    def __getitems__(self, positions: list[int]):
-        """The batch of ``positions`` as (images (B, 1, S, S), labels (B,), positions (B,)):
-        what default_collate makes of the items, built in place."""
+    def __getitems__(self, keys: list[int]):
+        """The batch of ``keys`` as (images (B, 1, S, S), labels (B,), keys (B,)): what
+        default_collate makes of the items, built in place."""
         images = None
-        for k, position in enumerate(positions):
-            stored = self.stored(self.index[position])
+        rows = np.empty(len(keys), dtype=np.int64)
+        for k, key in enumerate(keys):
+            row, is_copy = self.row_of(key)
+            rows[k] = row
+            stored = self.stored(row)
             if images is None:
-                images = batch_buffer((len(positions), 1, *stored.shape), self.batch_dtype)
-            self._image(position, stored, images[k, 0])
-        positions = torch.as_tensor(positions, dtype=torch.int64)
-        return images, torch.from_numpy(self.labels[self.index[positions.numpy()]]), positions
+                images = batch_buffer((len(keys), 1, *stored.shape), self.batch_dtype)
+            self._image(is_copy, stored, images[k, 0])
+        return (images, torch.from_numpy(self.labels[rows]),
+                torch.as_tensor(keys, dtype=torch.int64))
 
 
 class ClassificationDataModule(pl.LightningDataModule):
     def __init__(self, crops_dir: str, fold: int, n_folds: int = 10, seed: int = 0,
-                 batch_size: int = 16, num_workers: int = 2, oversample_val: bool = True,
-                 augment: str = "all", pin_memory: bool = False, packed: bool = True,
-                 batch_dtype: str = "float32"):
+                 batch_size: int = 16, num_workers: int = 2, augment: str = "all",
+                 pin_memory: bool = False, packed: bool = True, batch_dtype: str = "float32"):
         super().__init__()
         self.crops_dir = Path(crops_dir)
         self.fold, self.n_folds, self.seed = fold, n_folds, seed
         self.batch_size, self.num_workers = batch_size, num_workers
-        self.oversample_val = oversample_val
         self.augment = augment
         self.pin_memory = pin_memory
         self.packed = packed
@@ -280,14 +317,17 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     def _loader(self, name: str) -> DataLoader:
         train = name == "train"
-        oversample = train or (name == "val" and self.oversample_val)
-        ds = CropDataset(self.subset(name), self.crops_dir, oversample=oversample,
+        # validation and test images are scored once each, at their real prevalence:
+        # oversampled validation copies would be exact duplicates (no augmentation), and
+        # DislocationClassifier weighs the validation loss as they would (oversample_val)
+        ds = CropDataset(self.subset(name), self.crops_dir,
                          augment=self.augment if train else "none", pack=self.pack_index(),
                          batch_dtype=self.batch_dtype)
         trainer = getattr(self, "trainer", None)
         replicas = trainer.world_size if trainer is not None else 1
         rank = trainer.global_rank if trainer is not None else 0
-        sampler = OversampledSampler(len(ds), replicas, rank, shuffle=train, seed=self.seed)
+        sampler = OversampledSampler(ds.labels, oversample=train, num_replicas=replicas,
+                                     rank=rank, shuffle=train, seed=self.seed)
         # training drops a last partial batch: a batch of one breaks BatchNorm
         drop_last = train and len(sampler) > self.batch_size
         return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=drop_last,

@@ -2,8 +2,11 @@
 
 Two stages as the paper (fastai's ``fine_tune``): the head alone with the backbone frozen, then
 all layers with discriminative learning rates (a geometric slice from the stem to the head whose
-top is picked by Lightning's LR finder). Validation logs AUC and sensitivity at the threshold
-every epoch, for the paper's checkpoint selection rule.
+top is picked by an LR finder on the unfrozen model, :mod:`hipdisloc.lr_finder`). Validation
+scores each image once (real prevalence) and logs, every epoch, the AUC and the sensitivity and
+specificity at ``selection_logit`` (by default the prior-shift threshold, likelihood ratio 1),
+for the paper's checkpoint selection rule. Everything is computed on float32 logits, which do
+not saturate as sigmoid scores do.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torchvision
-from torchmetrics.classification import BinaryAUROC
+from scipy.special import expit
 
-from hipdisloc.metrics import confusion_metrics
+from hipdisloc.metrics import roc_auc, weighted_bce
+from hipdisloc.thresholds import sensitivity_specificity, training_log_odds
 
 IMAGENET_FILE = "resnet18-f37072fd.pth"  # torchvision's file name for ImageNet ResNet18
 LAYER_GROUPS = (("conv1", "bn1", "layer1"), ("layer2",), ("layer3",), ("layer4",), ("fc",))
@@ -63,14 +67,20 @@ def resnet18(pretrained: str = "none") -> torch.nn.Module:
 
 class DislocationClassifier(pl.LightningModule):
     def __init__(self, pretrained: str = "none", pos_weight: float = 25.0, lr: float = 1e-4,
-                 lr_slice_ratio: float = 100.0, threshold: float = 0.5,
+                 lr_slice_ratio: float = 100.0, selection_logit: float | None = None,
                  channels_last: bool = False, compile: bool = False,
-                 schedule: str = "one_cycle"):
-        """``schedule``: ``one_cycle`` (fastai's, the paper's) or ``constant``;
+                 schedule: str = "one_cycle", oversample_val: bool = True):
+        """``selection_logit``: where validation sensitivity and specificity are read each epoch
+        (default: the prior-shift threshold ``ln(pos_weight)`` of a model trained on balanced
+        epochs); ``oversample_val``: weigh the validation loss as the paper's oversampled
+        validation set would (each class half the weight); ``schedule``: ``one_cycle``
+        (fastai's, the paper's) or ``constant``;
         ``channels_last``: NHWC weights and inputs (faster convolutions on tensor-core GPUs
         with bf16); ``compile``: ``torch.compile`` the network in place (state dict keys
         unchanged; costs a compilation per process and stage)."""
         super().__init__()
+        if selection_logit is None:
+            selection_logit = training_log_odds(pos_weight, 0.5)
         self.save_hyperparameters()
         self.net = resnet18(pretrained)
         if channels_last:
@@ -83,6 +93,7 @@ class DislocationClassifier(pl.LightningModule):
         self._train_loss: torch.Tensor | None = None
         self._train_images = 0
         self.last_predictions: dict | None = None
+        self.finding_lr = False  # hipdisloc.lr_finder: a plain Adam, no schedule
 
     # -- stages -----------------------------------------------------------------------------
     def freeze_backbone(self) -> None:
@@ -109,7 +120,8 @@ class DislocationClassifier(pl.LightningModule):
         each group rises to its peak and anneals over the stage: warm-up over 99 % of the head
         stage, 30 % of the all-layer stage (starting at peak / 5)."""
         trainer = getattr(self, "_trainer", None)
-        total = None if trainer is None else max(1, int(trainer.estimated_stepping_batches))
+        total = None if trainer is None or self.finding_lr \
+            else max(1, int(trainer.estimated_stepping_batches))
         optimizer, cycle = self.optimisation(total)
         if cycle is None:
             return optimizer
@@ -176,43 +188,46 @@ class DislocationClassifier(pl.LightningModule):
 
     def _collect(self, batch, stage: str) -> None:
         x, y, pos = batch
-        logits = self(x)
-        self.log(f"{stage}/loss", self.loss_fn(logits, y), on_epoch=True, on_step=False,
-                 batch_size=len(y), sync_dist=True)
-        # scores from float32 logits: under bf16-mixed autocast the logits are bfloat16, whose
-        # 2^-8 steps near 1 tie scores (AUC moves by up to 0.025) and which numpy cannot hold
-        scores = torch.sigmoid(logits.float()).detach()
-        self._outputs[stage].append((scores, y.detach(), pos.detach()))
+        # float32 logits: under bf16-mixed autocast they are bfloat16, whose 2^-8 steps tie
+        # scores and which numpy cannot hold; a float32 sigmoid saturates at 1 above ~17
+        logits = self(x).float().detach()
+        self._outputs[stage].append((logits, y.detach(), pos.detach()))
 
     def _gathered(self, stage: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        scores, labels, pos = (torch.cat(t) for t in zip(*self._outputs[stage], strict=True))
+        logits, labels, pos = (torch.cat(t) for t in zip(*self._outputs[stage], strict=True))
         self._outputs[stage] = []
         if self.trainer is not None and self.trainer.world_size > 1:
-            scores, labels, pos = (self.all_gather(t).flatten() for t in (scores, labels, pos))
+            logits, labels, pos = (self.all_gather(t).flatten() for t in (logits, labels, pos))
         pos = pos.cpu().numpy()
         _, first = np.unique(pos, return_index=True)  # a padded DDP share repeats positions
-        return scores.cpu().numpy()[first], labels.cpu().numpy()[first], pos[first]
+        return logits.cpu().numpy()[first], labels.cpu().numpy()[first], pos[first]
 
     def validation_step(self, batch, batch_idx):
         self._collect(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
+        """The epoch's validation metrics, on every image once (the same on every rank: the
+        outputs are gathered): AUC, and sensitivity and specificity at ``selection_logit``;
+        the loss weighted as the oversampled validation set would be (``oversample_val``)."""
         if not self._outputs["val"]:
             return
-        scores, labels, _ = self._gathered("val")
-        m = confusion_metrics(labels, scores, self.hparams.threshold)
-        auc = float(BinaryAUROC()(torch.tensor(scores), torch.tensor(labels).int())) \
-            if len(set(labels.tolist())) == 2 else float("nan")
-        self.log("val/auc", auc, sync_dist=False)
-        self.log("val/sensitivity", m["sensitivity"], sync_dist=False)
-        self.log("val/specificity", m["specificity"], sync_dist=False)
+        logits, labels, _ = self._gathered("val")
+        sensitivity, specificity = sensitivity_specificity(labels, logits,
+                                                           self.hparams.selection_logit)
+        loss = weighted_bce(labels, logits, self.hparams.pos_weight,
+                            balance_classes=self.hparams.oversample_val)
+        for name, value in (("auc", roc_auc(labels, logits)), ("sensitivity", sensitivity),
+                            ("specificity", specificity), ("loss", loss)):
+            self.log(f"val/{name}", float(value), sync_dist=False)
 
     def test_step(self, batch, batch_idx):
         self._collect(batch, "test")
 
     def on_test_epoch_end(self) -> None:
-        scores, labels, pos = self._gathered("test")
-        self.last_predictions = {"score": scores, "label": labels, "position": pos}
+        logits, labels, pos = self._gathered("test")
+        logits = logits.astype(np.float64)
+        self.last_predictions = {"logit": logits, "score": expit(logits),
+                                 "label": labels, "position": pos}
 
 
 def load_selected(checkpoint: str | Path) -> DislocationClassifier:

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from hipdisloc.cropping import CropSettings
@@ -218,7 +219,7 @@ def load_study(sweep: str | Path, detector: str | Path | None = None,
         image_size=int(OmegaConf.select(cfg, "prepare.image_size")),
         prepare_dtype=str(OmegaConf.select(cfg, "prepare.cache_dtype") or "uint16"),
         apply_voi=bool(OmegaConf.select(cfg, "prepare.apply_voi", default=True)),
-        crop=settings, model_threshold=float(OmegaConf.select(cfg, "model.threshold")),
+        crop=settings, model_threshold=folds_threshold(ready, cfg),
         data_dir=data_dir, detector=detector,
         phantom=OmegaConf.select(cfg, "cohort.phantom") is not None)
     if missing:
@@ -234,10 +235,26 @@ def load_study(sweep: str | Path, detector: str | Path | None = None,
     return study
 
 
+def folds_threshold(fold_dirs: list[Path], cfg) -> float:
+    """The score threshold the folds' own rule chose on their validation images
+    (``test_metrics.json``: ``threshold``), the median over the folds; a sweep from before
+    per-fold thresholds: its ``model.threshold`` (0.5 when absent)."""
+    chosen = []
+    for p in fold_dirs:
+        record = p / "test_metrics.json"
+        if record.is_file():
+            metrics = json.loads(record.read_text())
+            if "threshold_rule" in metrics:
+                chosen.append(float(metrics["threshold"]))
+    if chosen:
+        return float(np.median(chosen))
+    return float(OmegaConf.select(cfg, "model.threshold", default=0.5))
+
+
 def operating_point(study: Study, override: float | None = None) -> OperatingPoint:
     """``threshold=`` when given (on the ensemble score), else the calibration record's operating
-    point (when the recipe is there to compute calibrated risks), else the sweep's
-    ``model.threshold`` (on the ensemble score)."""
+    point (when the recipe is there to compute calibrated risks), else the folds' own
+    thresholds (:func:`folds_threshold`, on the ensemble score)."""
     if override is not None:
         value = float(override)
         if not 0.0 <= value <= 1.0:
@@ -247,4 +264,4 @@ def operating_point(study: Study, override: float | None = None) -> OperatingPoi
     if op is not None and (op.applies_to == "score" or study.calibration is not None):
         return op
     return OperatingPoint(study.model_threshold, "score",
-                          f"model.threshold of the sweep ({study.folder.name})")
+                          f"the folds' validation-chosen threshold, median ({study.folder.name})")

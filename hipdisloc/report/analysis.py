@@ -29,14 +29,16 @@ from hipdisloc.report.statistics import (
     threshold_for_sensitivity,
     threshold_metric,
 )
-from hipdisloc.report.sweep_data import FoldOutputs
+from hipdisloc.report.sweep_data import FoldOutputs, logits_of
 
 CI_METRICS = ("auc", *THRESHOLD_METRICS)
 
 
 def pooled_test(folds: Sequence[FoldOutputs]) -> pd.DataFrame:
-    """Every fold's test images in one table (each image once: test halves are disjoint)."""
-    return pd.concat([f.test.assign(fold=f.fold) for f in folds], ignore_index=True)
+    """Every fold's test images in one table (each image once: test halves are disjoint), with
+    ``margin``: the logit minus the fold's own threshold (a positive call is margin >= 0)."""
+    return pd.concat([f.test.assign(fold=f.fold, margin=f.margin(f.test)) for f in folds],
+                     ignore_index=True)
 
 
 def pooled_validation(folds: Sequence[FoldOutputs]) -> pd.DataFrame | None:
@@ -44,16 +46,18 @@ def pooled_validation(folds: Sequence[FoldOutputs]) -> pd.DataFrame | None:
     return pd.concat(tables, ignore_index=True) if tables else None
 
 
-def metrics_with_ci(folds: Sequence[FoldOutputs], threshold: float, n_boot: int = 2000,
+def metrics_with_ci(folds: Sequence[FoldOutputs], n_boot: int = 2000,
                     seed: int = 0) -> pd.DataFrame:
     """Per metric: the per-fold mean ± SD (as Table 2) beside the pooled out-of-fold estimate
-    with its 95 % interval from a bootstrap that resamples patients."""
+    with its 95 % interval from a bootstrap that resamples patients. Each image is called at
+    its own fold's threshold (on the margin); the pooled AUC ranks the logits."""
     test = pooled_test(folds)
     rows = []
     for name in CI_METRICS:
         per_fold = np.array([f.metrics.get(name, np.nan) for f in folds], dtype=float)
-        metric = auc if name == "auc" else threshold_metric(name, threshold)
-        ci = clustered_bootstrap_ci(test["dislocated"], test["score"], test["patient"], metric,
+        metric = auc if name == "auc" else threshold_metric(name, 0.0)
+        values = logits_of(test) if name == "auc" else test["margin"]
+        ci = clustered_bootstrap_ci(test["dislocated"], values, test["patient"], metric,
                                     n_boot=n_boot, seed=seed)
         finite = per_fold[np.isfinite(per_fold)]
         rows.append({"metric": name,

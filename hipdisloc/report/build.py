@@ -21,7 +21,7 @@ from hipdisloc.report import analysis, figures
 from hipdisloc.report.calibration import FILENAME as CALIBRATION_FILE
 from hipdisloc.report.document import Section, render_html, render_markdown
 from hipdisloc.report.sweep_data import FoldOutputs, SweepInputs, load_folds, load_inputs
-from hipdisloc.sweep import aggregate
+from hipdisloc.sweep import aggregate, draws_note, threshold_note
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,65 @@ def _versions() -> pd.DataFrame:
 
 # -- sections ---------------------------------------------------------------------------------
 
+
+def _threshold_rule_text(folds: list[FoldOutputs]) -> str:
+    """The decision rule the folds used, in words (from test_metrics.json)."""
+    rules = {(f.metrics.get("threshold_rule") or {}).get("description") for f in folds}
+    rules.discard(None)
+    if not rules:  # a sweep from before per-fold thresholds
+        return f"a fixed score {folds[0].threshold:g}"
+    return "by " + " / ".join(sorted(rules)) + " on the fold's validation images"
+
+
+def _selection_section(folds: list[FoldOutputs]) -> Section:
+    """Per fold: the decision threshold and what chose it, the epochs the selection rule let
+    through, the one it kept, and stage 2's LR range test."""
+    section = Section("Decision thresholds and checkpoint selection")
+    rows = []
+    for f in folds:
+        m = f.metrics
+        rule = m.get("threshold_rule") or {}
+        sel = m.get("selection") or {}
+        finder = m.get("lr_finder") or {}
+        qualified = "—"
+        if f.history is not None and "qualified" in f.history:
+            picks = [f"{r.stage[:6]} {int(r.epoch)}" for r in f.history.itertuples()
+                     if bool(r.qualified)]
+            qualified = ", ".join(picks) if picks else "none"
+        rows.append({"fold": f.fold, "threshold (score)": f.threshold,
+                     "threshold (risk)": float(m.get("threshold_risk", np.nan)),
+                     "validation images": rule.get("n_validation_images", "—"),
+                     "validation positives": rule.get("n_validation_positive", "—"),
+                     "validation sensitivity": float(rule.get("validation_sensitivity",
+                                                              np.nan)),
+                     "epochs qualified": qualified,
+                     "selected": f"{str(sel.get('stage', '?'))[:6]} {sel.get('epoch', '?')}"
+                                 + ("" if sel.get("qualified", True) else " (fallback)"),
+                     "LR finder": (f"{finder['suggestion']:.2e}" if finder.get("suggestion")
+                                   else "off")})
+    section.text(f"Each fold's threshold: {_threshold_rule_text(folds)}, each image once at "
+                 "its real prevalence, never on test images; the risk column is "
+                 "the same threshold as a real risk (prior shift). An epoch qualifies for the "
+                 "selection rule when its validation sensitivity, read at "
+                 + ("the prior-shift threshold (likelihood ratio ≥ 1)"
+                    if all((f.metrics.get("selection") or {}).get("sensitivity_at",
+                                                                  "prior_shift")
+                           == "prior_shift" for f in folds) else "score 0.5 (the paper's "
+                    "literal rule)")
+                 + ", reaches the floor; the kept checkpoint has the highest validation AUC "
+                 "among them (the fallback, when none qualifies, the highest AUC overall).")
+    section.table(_fmt(pd.DataFrame(rows), 4), "Thresholds, qualifying epochs, selection.")
+    curves = {f.fold: pd.read_csv(f.folder / "lr_find.csv") for f in folds
+              if (f.folder / "lr_find.csv").is_file()}
+    if curves:
+        path = figures.save(figures.lr_finder_figure(
+            curves, {f.fold: (f.metrics.get("lr_finder") or {}).get("suggestion")
+                     for f in folds}), folds[0].folder.parent / "report" / "figures"
+            / "lr_finder.png")
+        section.figure(path, "Stage 2's LR range test on the unfrozen model (stage-1 weights, "
+                       "discriminative slice in place); dots: the suggested top rate.")
+    return section
+
 def _cohort_section(inputs: SweepInputs | None, folds: list[FoldOutputs]) -> Section:
     section = Section("Cohort")
     if inputs is None:
@@ -146,14 +205,14 @@ def _detector_section(inputs: SweepInputs | None) -> Section:
     return section.table(_fmt(pd.DataFrame(rows)), "Detector test metrics.")
 
 
-def _fold_figures(fold: FoldOutputs, threshold: float) -> list[Path]:
+def _fold_figures(fold: FoldOutputs) -> list[Path]:
     out = fold.folder / "figures"
     paths = [figures.save(figures.roc_figure({fold.fold: fold.test},
                                              {fold.fold: fold.metrics.get("auc", np.nan)}),
                           out / "roc.png"),
-             figures.save(figures.confusion_figure({f"fold {fold.fold}":
-                                                    fold.metrics["confusion"]}, threshold),
-                          out / "confusion.png")]
+             figures.save(figures.confusion_figure(
+                 {f"fold {fold.fold}": fold.metrics["confusion"]},
+                 f"at score ≥ {fold.threshold:.4g}"), out / "confusion.png")]
     if fold.history is not None:
         paths.append(figures.save(figures.loss_figure({fold.fold: fold.history},
                                                       {fold.fold: fold.selected_row}),
@@ -169,7 +228,7 @@ def build_report(sweep_dir: str | Path, settings: ReportSettings = ReportSetting
     tables = aggregate(sweep)
     out = sweep / "report"
     fig_dir = out / "figures"
-    threshold = float(folds[0].metrics.get("threshold", 0.5))
+    rule = _threshold_rule_text(folds)
     prevalence = settings.prevalence or analysis.real_prevalence(folds)
     made: list[Path] = []
     sections: list[Section] = []
@@ -181,23 +240,27 @@ def build_report(sweep_dir: str | Path, settings: ReportSettings = ReportSetting
                + (f", missing: {', '.join(tables.missing)}" if tables.missing else "")
                + f". Experiment `{inputs.experiment if inputs else '?'}`. Written "
                f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `python -m hipdisloc.report`. "
-               f"Real prevalence of dislocation among the images: {prevalence:.2%}. Scores are "
-               f"called positive at {threshold:g} (the paper's threshold) unless a section says "
+               f"Real prevalence of dislocation among the images: {prevalence:.2%}. Images are "
+               f"called positive at each fold's threshold ({rule}) unless a section says "
                "otherwise.")
     sections += [about, _cohort_section(inputs, folds), _detector_section(inputs)]
 
     t2 = Section("Table 2: test metrics per fold")
+    t2.text(threshold_note(tables.results))
     t2.table(_markdown_to_frame((sweep / "table2.md").read_text()),
              "Per fold, mean and SD (as the paper's Table 2)."
              + (" Oracle AUC: the phantom's image-only risk on the same test images, the "
                 "best any model can reach." if phantom else ""))
     t3 = Section("Table 3: male vs female")
+    t3.text(draws_note(tables.results))
     t3.table(_markdown_to_frame((sweep / "table3.md").read_text()),
              "Male-only and female-only samples of each fold's non-training images at the "
              "configured prevalence: mean (SD) across folds, paired Wilcoxon P.")
     sections += [t2, t3]
 
-    ci = analysis.metrics_with_ci(folds, threshold, settings.n_boot, settings.seed)
+    sections.append(_selection_section(folds))
+
+    ci = analysis.metrics_with_ci(folds, settings.n_boot, settings.seed)
     write_csv(ci, out / "metrics_ci.csv")
     s_ci = Section("Pooled metrics with 95 % confidence intervals")
     s_ci.text(f"All folds' test images pooled (each image once), 95 % percentile intervals from "
@@ -207,8 +270,8 @@ def build_report(sweep_dir: str | Path, settings: ReportSettings = ReportSetting
         "fold_mean": "per-fold mean", "fold_sd": "per-fold SD", "folds_used": "folds used",
         "pooled": "pooled estimate", "ci_lower": "95 % CI, lower", "ci_upper": "95 % CI, upper",
         "bootstrap_used": "resamples used", "patients": "patients"})),
-        f"Threshold {threshold:g}; a resample without a defined value (e.g. NPV with no "
-        "negative calls) is left out and counted.")
+        "Each image called at its fold's threshold; a resample without a defined value (e.g. "
+        "NPV with no negative calls) is left out and counted.")
     sections.append(s_ci)
 
     s_fig = Section("ROC, loss curves, confusion matrices")
@@ -225,14 +288,13 @@ def build_report(sweep_dir: str | Path, settings: ReportSettings = ReportSetting
                      "weighted); grey line: the stage boundary; red: the selected checkpoint.")
     test = analysis.pooled_test(folds)
     matrices = {f"fold {f.fold}": f.metrics["confusion"] for f in folds}
-    matrices["pooled"] = confusion_metrics(test["dislocated"], test["score"],
-                                           threshold)["confusion"]
-    made.append(figures.save(figures.confusion_figure(matrices, threshold),
+    matrices["pooled"] = confusion_metrics(test["dislocated"], test["margin"], 0.0)["confusion"]
+    made.append(figures.save(figures.confusion_figure(matrices, "at each fold's threshold"),
                              fig_dir / "confusion.png"))
     s_fig.figure(made[-1], "Confusion matrices of the test images.")
     sections.append(s_fig)
     for f in folds:
-        made += _fold_figures(f, threshold)
+        made += _fold_figures(f)
 
     s_cal = Section("Calibration")
     comparison = analysis.compare_recalibrations(folds, prevalence)
@@ -310,7 +372,7 @@ def build_report(sweep_dir: str | Path, settings: ReportSettings = ReportSetting
 
         def threshold_of(fold: FoldOutputs) -> float:
             if point is None:
-                return threshold
+                return fold.threshold
             # the operating point as a raw-score threshold (the recalibration is increasing)
             grid = np.sort(fold.test["score"].to_numpy())
             called = record[0](grid) >= point.threshold
@@ -326,7 +388,7 @@ def build_report(sweep_dir: str | Path, settings: ReportSettings = ReportSetting
             s_sal.text("A representative (median-score) true positive and true negative test "
                        "image of each fold"
                        + (f", called at the {point.target_sensitivity:.0%}-sensitivity "
-                          "operating point" if point else f", called at {threshold:g}")
+                          "operating point" if point else ", called at the fold's threshold")
                        + ": vanilla gradients (the paper's saliency), Integrated Gradients "
                        "(black baseline) and Grad-CAM on the last residual block.")
             s_sal.figure(made[-1], "Saliency maps overlaid on the crops.")

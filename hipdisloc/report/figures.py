@@ -16,6 +16,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
+from hipdisloc.report.sweep_data import logits_of  # noqa: E402
+
 FPR_GRID = np.linspace(0.0, 1.0, 101)
 
 
@@ -44,7 +46,7 @@ def roc_figure(folds: Mapping[int, pd.DataFrame], aucs: Mapping[int, float]) -> 
     for fold, pred in folds.items():
         if pred["dislocated"].nunique() < 2:
             continue
-        fpr, tpr, _ = roc_curve(pred["dislocated"], pred["score"])
+        fpr, tpr, _ = roc_curve(pred["dislocated"], logits_of(pred))  # no saturation ties
         curves.append((fpr, tpr))
         ax.plot(fpr, tpr, lw=0.8, alpha=0.45, label=f"fold {fold} (AUC {aucs[fold]:.3f})")
     if curves:
@@ -95,8 +97,30 @@ def loss_figure(histories: Mapping[int, pd.DataFrame], selected: Mapping[int, in
     return fig
 
 
-def confusion_figure(matrices: Mapping[str, Mapping[str, int]], threshold: float) -> Figure:
-    """One 2 × 2 count matrix per entry (folds, then 'pooled')."""
+def lr_finder_figure(curves: Mapping[int, pd.DataFrame],
+                     suggestions: Mapping[int, float | None]) -> Figure:
+    """Stage 2's LR range test per fold: smoothed training loss against the top group's rate
+    (log scale), the suggestion marked."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for k, (fold, curve) in enumerate(curves.items()):
+        line, = ax.plot(curve["lr"], curve["smoothed"], lw=1.2, label=f"fold {fold}",
+                        color=f"C{k % 10}")
+        lr = suggestions.get(fold)
+        if lr:
+            y = float(np.interp(np.log(lr), np.log(curve["lr"]), curve["smoothed"]))
+            ax.plot(lr, y, "o", color=line.get_color(), ms=5)
+    ax.set_xscale("log")
+    ax.set_xlabel("top learning rate (head group; lower groups keep the slice)", fontsize=8)
+    ax.set_ylabel("smoothed training loss", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(matrices: Mapping[str, Mapping[str, int]], called: str) -> Figure:
+    """One 2 × 2 count matrix per entry (folds, then 'pooled'); ``called`` says what a positive
+    call is (e.g. "at each fold's threshold")."""
     n = max(1, len(matrices))
     cols = min(6, n)
     rows = int(np.ceil(n / cols))
@@ -111,8 +135,7 @@ def confusion_figure(matrices: Mapping[str, Mapping[str, int]], threshold: float
         ax.set_xticks([0, 1], ["normal", "disloc."], fontsize=7)
         ax.set_yticks([0, 1], ["normal", "disloc."], fontsize=7)
         ax.set_title(name, fontsize=9)
-    fig.suptitle(f"Confusion matrices (rows: truth, columns: called at score ≥ {threshold:g})",
-                 fontsize=9)
+    fig.suptitle(f"Confusion matrices (rows: truth, columns: called {called})", fontsize=9)
     fig.tight_layout()
     return fig
 

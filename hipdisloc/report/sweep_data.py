@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 
@@ -18,6 +19,23 @@ class FoldOutputs:
     test: pd.DataFrame  # predictions.csv: image_id, patient (hashed), sex, dislocated, score
     validation: pd.DataFrame | None  # validation_predictions.csv (older sweeps: absent)
     history: pd.DataFrame | None  # history.csv
+
+    @property
+    def threshold(self) -> float:
+        """The fold's decision threshold on the score (chosen on its validation images)."""
+        return float(self.metrics.get("threshold", 0.5))
+
+    @property
+    def threshold_logit(self) -> float:
+        if "threshold_logit" in self.metrics:
+            return float(self.metrics["threshold_logit"])
+        t = min(max(self.threshold, 1e-12), 1 - 1e-12)
+        return float(np.log(t / (1 - t)))
+
+    def margin(self, table: pd.DataFrame) -> np.ndarray:
+        """Each image's logit minus the fold's threshold: positive calls are margin >= 0, so
+        folds with different thresholds pool into one table."""
+        return logits_of(table) - self.threshold_logit
 
     @property
     def selected_weights(self) -> Path:
@@ -44,6 +62,14 @@ class SweepInputs:
 
     def stage(self, name: str) -> Path:
         return self.data_dir / name
+
+
+def logits_of(table: pd.DataFrame) -> np.ndarray:
+    """The ``logit`` column; a sweep from before logits were kept: the logit of its score."""
+    if "logit" in table.columns:
+        return table["logit"].to_numpy(float)
+    p = np.clip(table["score"].to_numpy(float), 1e-12, 1 - 1e-12)
+    return np.log(p / (1 - p))
 
 
 def _csv(path: Path) -> pd.DataFrame | None:
