@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from scipy.ndimage import binary_dilation
 
 from hipdisloc.geometry import square_resize
 from hipdisloc.io import cache
@@ -57,7 +58,10 @@ def test_cache_holds_square_bone_bright_images(prepared_phantom):
         assert (frame.pad_top, frame.pad_left) == (row.pad_top, row.pad_left)
         implant = small > 0.5
         if implant.sum() > 3:
-            assert image[implant].mean() > np.percentile(image[~implant], 90)
+            # brighter than what surrounds it (bone, soft tissue); a bright collimated border
+            # elsewhere may be brighter than graded metal, as on real films
+            around = binary_dilation(implant, iterations=4) & ~implant
+            assert image[implant].mean() > np.median(image[around]) + 0.1
 
 
 def test_table1_counts_match_the_prepared_images(prepared_phantom):

@@ -10,6 +10,14 @@ drawn by the paper's rule:
 * lateral edge tangent to the greater trochanter,
 * inferior edge tangent to the inferior pubic ramus,
 * superior edge tangent to the top of the cup.
+
+Metal is not one flat value: the cup shell and the stem are titanium, the head cobalt-chrome
+(denser), each adding its projected path length times its attenuation to the log-domain density
+like bone and soft tissue do. The detector response (:func:`detector_response`) is linear up to
+a knee (soft tissue and bone look as before) and compresses what lies above it smoothly and
+strictly increasingly towards :data:`METAL_CEILING` < 1, so a longer path through metal is
+always brighter (the shell's rim brighter than its dome, the head a brighter disc inside the cup)
+and no implant pixel reaches the top stored value, noise included.
 """
 
 from __future__ import annotations
@@ -29,8 +37,15 @@ from hipdisloc.phantom.canvas import (
     tube,
 )
 
-# Effective linear attenuation (1/mm) of each material, in the log-signal domain.
-ATTENUATION = {"soft": 0.0032, "bone": 0.013, "metal": 0.6}
+# Effective linear attenuation (1/mm) of each material, in the log-signal domain. The alloys are
+# tuned, not tabulated (the phantom's scale is its own), but keep the physical order: cobalt-
+# chrome ~3x titanium, both far above cortical bone. "metal" (generic) reads as titanium.
+ATTENUATION = {"soft": 0.0032, "bone": 0.013, "metal": 0.15, "titanium": 0.15, "cocr": 0.5}
+# Detector response: identity below KNEE, then a power-law shoulder rising to METAL_CEILING
+# (never reached); SHOULDER_POWER sets how slowly it saturates (smaller: more log-like).
+KNEE = 0.75
+METAL_CEILING = 0.97
+SHOULDER_POWER = 0.5
 IMPLANT_LABELS = {"cup": 1, "head": 2, "stem": 3}
 SIDE_SIGN = {"R": -1, "L": 1}  # the patient's right is on the image left (radiographic view)
 
@@ -188,20 +203,20 @@ def _draw_femur(c: Canvas, scene: Scene, side: str) -> None:
     inc = math.radians(implant.inclination_deg)
     rim = (sgn * math.cos(inc), -math.sin(inc))
     dome = (-sgn * math.sin(inc), -math.cos(inc))
-    c.add("metal", hip, cup_r + 2,
+    c.add("titanium", hip, cup_r + 2,
           hemispherical_shell(*hip, cup_r, cup_r - 3.0, rim, dome, implant.anteversion_deg),
           name=f"cup_{side}")
     head_r = implant.head_diameter_mm / 2
     head = hip
     if implant.head_out_of_cup:
         head = (hip[0] + sgn * 0.5 * cup_r, hip[1] - 1.2 * cup_r)
-    c.add("metal", head, head_r + 2, sphere(*head, head_r), name=f"head_{side}")
+    c.add("cocr", head, head_r + 2, sphere(*head, head_r), name=f"head_{side}")
     # Bony neck resected; the prosthetic neck and stem run down the canal.
     neck_cut = (j[0] + 0.3 * (hip[0] - j[0]), j[1] + 0.3 * (hip[1] - j[1]))
     c.add("bone", j, 30 * k, tube(neck_cut, j, 15 * k, inner_ratio=0.6, inner_fill=0.5))
-    c.add("metal", neck_cut, 80, tube(head, neck_cut, 6.0, 7.0), name=f"stem_{side}")
+    c.add("titanium", neck_cut, 80, tube(head, neck_cut, 6.0, 7.0), name=f"stem_{side}")
     stem_len = 130 * k
-    c.add("metal", at(j, stem_len / 2, 0), stem_len / 2 + 20,
+    c.add("titanium", at(j, stem_len / 2, 0), stem_len / 2 + 20,
           tube(at(j, -8, 4), at(j, stem_len, 0), 9.0, 4.5), name=f"stem_{side}")
 
 
@@ -239,7 +254,39 @@ def _box(c: Canvas, side: str, k: float) -> tuple[float, float, float, float] | 
     return (x0, top, x1, bottom)
 
 
-def render(scene: Scene, rng: np.random.Generator) -> Rendering:
+def detector_response(y: np.ndarray) -> np.ndarray:
+    """Display value of the (gamma-corrected) signal ``y``: y below :data:`KNEE`, above it
+    ``KNEE + H * (1 - (1 + (y - KNEE) / (H * p)) ** -p)`` with ``H = METAL_CEILING - KNEE`` and
+    ``p = SHOULDER_POWER``: continuous with slope 1 at the knee, strictly increasing, and below
+    the ceiling for every finite ``y``.
+    """
+    headroom = METAL_CEILING - KNEE
+    out = np.array(y, copy=True)
+    high = out > KNEE  # metal and the densest bone: a small share of the pixels
+    over = out[high] - KNEE
+    out[high] = KNEE + headroom * (
+        1.0 - (1.0 + over / (headroom * SHOULDER_POWER)) ** -SHOULDER_POWER)
+    return out
+
+
+def _outside_field(scene: Scene) -> np.ndarray:
+    left, top, right, bottom = scene.collimation
+    h, w = scene.height, scene.width
+    outside = np.ones((h, w), dtype=bool)
+    outside[int(top * h): h - int(bottom * h), int(left * w): w - int(right * w)] = False
+    return outside
+
+
+def burned_in(scene: Scene) -> np.ndarray:
+    """Pixels (bool, H x W) that show no anatomy: collimated border and lead markers."""
+    marks = np.zeros((scene.height, scene.width), np.float32)
+    for letter, col, row in scene.markers:
+        _draw_marker(marks, letter, col, row, scene.spacing_mm)
+    return _outside_field(scene) | (marks > 0)
+
+
+def project(scene: Scene) -> Canvas:
+    """Path lengths (mm) of every material and the named footprints of one scene."""
     c = Canvas(scene.width, scene.height, scene.spacing_mm, scene.rotation_deg,
                scene.view_centre_mm)
     k = scene.pelvis_scale
@@ -251,20 +298,24 @@ def render(scene: Scene, rng: np.random.Generator) -> Rendering:
     _draw_pelvis(c, k)
     for side in ("R", "L"):
         _draw_femur(c, scene, side)
+    return c
 
-    density = sum(ATTENUATION[m] * np.clip(c.layers[m], 0.0, None) for m in c.layers)
+
+def render(scene: Scene, rng: np.random.Generator) -> Rendering:
+    c = project(scene)
+    k = scene.pelvis_scale
+    density = sum(ATTENUATION[m] * np.clip(c.layers[m], 0.0, None) for m in c.layers
+                  if m in c.drawn)
     # Quantum noise: fewer photons reach the detector behind dense material.
     photons = scene.exposure_photons * (scene.spacing_mm / 0.2) ** 2 * np.exp(-density)
     density = density + rng.standard_normal(density.shape).astype(np.float32) / np.sqrt(
         np.maximum(photons, 1.0))
     density = gaussian_filter(density, 0.6)
-    image = np.clip((density - scene.black_level) * scene.contrast, 0.0, 1.0) ** scene.gamma
+    signal = np.maximum((density - scene.black_level) * scene.contrast, 0.0) ** scene.gamma
+    image = detector_response(signal).astype(np.float32)
 
-    left, top, right, bottom = scene.collimation
     h, w = image.shape
-    outside = np.ones_like(image, dtype=bool)
-    outside[int(top * h): h - int(bottom * h), int(left * w): w - int(right * w)] = False
-    image[outside] = 0.92 if scene.collimation_bright else 0.0
+    image[_outside_field(scene)] = 0.92 if scene.collimation_bright else 0.0
     for letter, col, row in scene.markers:
         _draw_marker(image, letter, col, row, scene.spacing_mm)
 

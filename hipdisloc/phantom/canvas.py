@@ -14,7 +14,9 @@ import math
 
 import numpy as np
 
-MATERIALS = ("soft", "bone", "metal")
+# "titanium" (cup shell, stem) and "cocr" (cobalt-chrome head) are the implant alloys; "metal"
+# is a generic implant metal kept for callers that draw a single one.
+MATERIALS = ("soft", "bone", "metal", "titanium", "cocr")
 
 
 class Canvas:
@@ -31,6 +33,7 @@ class Canvas:
         self.y = view_centre_mm[1] + self._sin * u + self._cos * v
         self.layers = {m: np.zeros((height, width), np.float32) for m in MATERIALS}
         self.masks: dict[str, np.ndarray] = {}
+        self.drawn: set[str] = set()  # materials something was added to
 
     # -- geometry -------------------------------------------------------------------------
     def to_pixel(self, x: float, y: float) -> tuple[float, float]:
@@ -63,6 +66,7 @@ class Canvas:
             return
         path = path_fn(self.x[win], self.y[win]).astype(np.float32)
         layer = self.layers[material]
+        self.drawn.add(material)
         if combine == "max":
             np.maximum(layer[win], path, out=layer[win])
         else:
