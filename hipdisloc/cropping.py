@@ -160,7 +160,8 @@ def crop_stage(prepared_dir: str | Path, out_dir: str | Path, boxes_from: str,
 
         saved = torch.load(detector, map_location="cpu", weights_only=True)
         candidates = detector_candidates(load_detector(detector), prepared_dir,
-                                         int(saved["input_size"]), cache_size, batch_size)
+                                         int(saved["input_size"]), cache_size, batch_size,
+                                         progress=progress)
     else:
         raise ValueError(f"boxes_from must be detector or ground_truth, not {boxes_from!r}")
     return crop_all(prepared_dir, out_dir, candidates, boxes_from, settings, progress=progress)

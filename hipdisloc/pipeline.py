@@ -9,6 +9,10 @@ the boxes, the upstream stage's record), so a rebuilt upstream stage is never si
 with an old downstream one. The jobs of a sweep share the upstream stages: the first takes a
 file lock and builds them, the others wait and reuse. A stage killed midway has no
 ``stage.json`` and runs again (prepare resumes from its journal).
+
+Each stage says what it did in one line with its time (:mod:`hipdisloc.progress`), e.g.
+``stage prepare: 2,574 images in 41 s`` or ``stage detect: reused data/demo/detector (0 s)``;
+the stages' own bars are shown on a terminal only.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,9 +30,19 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from hipdisloc.io.atomic import write_text
+from hipdisloc.progress import count, interactive, say, stage_line
 
 log = logging.getLogger(__name__)
 STAGE_RECORD = "stage.json"
+_said: set[tuple[str, str]] = set()  # stages reused and said so: the folds after the first
+                                     # of a sweep reuse them silently
+
+
+def _say_once(name: str, out: Path, line: str) -> None:
+    key = (name, str(Path(out).resolve()))
+    if key not in _said:
+        _said.add(key)
+        say(line)
 
 
 class StageConflict(RuntimeError):
@@ -45,17 +60,22 @@ def stage_lock(data_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def run_stage(name: str, out: Path, settings: dict, build: Callable[[], object]) -> bool:
-    """Run ``build`` unless ``out`` already holds this stage's output for ``settings``.
+def run_stage(name: str, out: Path, settings: dict, build: Callable[[], object],
+              summary: Callable[[], str] | None = None) -> bool:
+    """Run ``build`` unless ``out`` already holds this stage's output for ``settings``, and say
+    so in one line with the time it took; ``summary`` says what a build made (read from
+    ``out``: ``2,574 images``).
 
     Returns True when the stage ran, False when its output was reused.
     """
+    start = time.monotonic()
     record_path = out / STAGE_RECORD
     wanted = json.loads(json.dumps(settings, default=str))
     if record_path.is_file():
         done = json.loads(record_path.read_text())["settings"]
         if done == wanted:
-            log.info("%s: reusing %s", name, out)
+            log.debug("%s: reusing %s", name, out)
+            _say_once(name, out, stage_line(name, time.monotonic() - start, reused=str(out)))
             return False
         changed = sorted(k for k in set(done) | set(wanted) if done.get(k) != wanted.get(k))
         raise StageConflict(
@@ -66,6 +86,8 @@ def run_stage(name: str, out: Path, settings: dict, build: Callable[[], object])
     build()
     out.mkdir(parents=True, exist_ok=True)
     write_text(record_path, json.dumps({"stage": name, "settings": wanted}, indent=2))
+    _said.add((name, str(Path(out).resolve())))
+    say(stage_line(name, time.monotonic() - start, summary() if summary else None))
     return True
 
 
@@ -102,7 +124,9 @@ def ensure_cohort(cfg: DictConfig, data_dir: Path) -> tuple[Path, Path | None, P
     run_stage("phantom", out, {k: v for k, v in p.items() if k != "workers"},
               lambda: generate(out, settings, seed=int(p.get("seed", 0)),
                                image_size=int(p.get("image_size", 512)),
-                               workers=int(p.get("workers", 1)), overwrite=True))
+                               workers=int(p.get("workers", 1)), overwrite=True,
+                               progress=interactive()),
+              lambda: _phantom_summary(out))
     return out / "manifest.csv", out / "boxes.json", None
 
 
@@ -117,13 +141,16 @@ def ensure_prepared(cfg: DictConfig, data_dir: Path, manifest: Path,
     settings.pop("workers", None)
     run_stage("prepare", out, settings,
               lambda: prepare(out, settings_from_config(cfg.prepare), manifest=manifest,
-                              data_root=data_root))
+                              data_root=data_root, progress=interactive()),
+              lambda: _prepare_summary(out))
     return out
 
 
 def ensure_detector(cfg: DictConfig, data_dir: Path, prepared: Path,
                     boxes: Path | None) -> Path | None:
     if cfg.crop.boxes_from != "detector":
+        _say_once("detect", data_dir / "detector",
+                  f"stage detect: skipped (crop.boxes_from={cfg.crop.boxes_from})")
         return None
     from hipdisloc.detect import train_detector
 
@@ -131,13 +158,18 @@ def ensure_detector(cfg: DictConfig, data_dir: Path, prepared: Path,
         raise ValueError("the detector needs boxes: set cohort.boxes=COCO.json")
     out = data_dir / "detector"
     det = _plain(cfg.detector)
-    recorded = copy.deepcopy(det)  # the progress bar is no setting of the stage's output
-    recorded["trainer"].pop("enable_progress_bar", None)
+    recorded = copy.deepcopy(det)  # what is displayed is no setting of the stage's output
+    for display in ("enable_progress_bar", "enable_model_summary"):
+        recorded["trainer"].pop(display, None)
+    det["trainer"].setdefault("enable_model_summary", False)  # the stage's line says enough
+    if not interactive():  # a redrawn bar is carriage-return spam in a log file
+        det["trainer"]["enable_progress_bar"] = False
     settings = {"detector": recorded, "boxes": str(boxes.resolve()),
                 "boxes_sha1": file_sha1(boxes), "prepared": file_sha1(prepared / STAGE_RECORD),
                 "seed": int(cfg.seed)}
     run_stage("detect", out, settings,
-              lambda: train_detector(prepared, boxes, out, det, int(cfg.seed)))
+              lambda: train_detector(prepared, boxes, out, det, int(cfg.seed)),
+              lambda: _detect_summary(out))
     return out / "detector.pt"
 
 
@@ -157,8 +189,38 @@ def ensure_crops(cfg: DictConfig, data_dir: Path, prepared: Path, detector: Path
     record.pop("pack", None)  # how crops are stored for reading, not which crops
     run_stage("crop", out, record,
               lambda: crop_stage(prepared, out, c["boxes_from"], settings, detector=detector,
-                                 boxes=boxes, batch_size=int(c.get("batch_size", 8))))
+                                 boxes=boxes, batch_size=int(c.get("batch_size", 8)),
+                                 progress=interactive()),
+              lambda: _crop_summary(out))
     return out
+
+
+def _phantom_summary(out: Path) -> str:
+    import pandas as pd
+
+    manifest = pd.read_csv(out / "manifest.csv", usecols=["patient_id"], dtype=str)
+    return (f"{count(len(manifest), 'image')} of "
+            f"{count(manifest['patient_id'].nunique(), 'patient')}")
+
+
+def _prepare_summary(out: Path) -> str:
+    s = json.loads((out / "prepare.json").read_text())["summary"]
+    return f"{count(int(s['n_prepared']), 'image')} ({int(s['n_excluded']):,} excluded)"
+
+
+def _detect_summary(out: Path) -> str:
+    record = json.loads((out / "detector_metrics.json").read_text())
+    trained = int(record.get("images", {}).get("train", 0))
+    return (f"trained on {count(trained, 'image')}, test mAP@0.5 "
+            f"{float(record['test']['test/mAP50_all']):.3f}")
+
+
+def _crop_summary(out: Path) -> str:
+    import pandas as pd
+
+    crops = pd.read_csv(out / "crops.csv", usecols=["crop_path"], dtype=str)
+    made = int(crops["crop_path"].fillna("").ne("").sum())
+    return f"{count(made, 'crop')} ({len(crops) - made:,} without a usable box)"
 
 
 def ensure_upstream(cfg: DictConfig) -> Path:

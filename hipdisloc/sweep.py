@@ -3,13 +3,16 @@
 Runs at the end of ``python -m hipdisloc.train ... -m`` (a Hydra callback) and on demand with
 ``python -m hipdisloc.report SWEEP_DIR``. Reads every ``fold*/test_metrics.json`` under the
 sweep folder and writes ``table2.csv``/``.md`` and ``table3.csv``/``.md`` there (atomically);
-with the W&B logger, one summary run in the sweep's group holds both tables.
+with the W&B logger, one summary run in the sweep's group holds both tables. The sweep's
+clock lives here too: started with the multirun (the study's ETA when the folds run one after
+another in this process), read at its end for the closing headline (:mod:`hipdisloc.progress`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from hipdisloc.io.atomic import write_csv, write_text
+from hipdisloc.progress import end_study, headline, report_line, say, start_study
 from hipdisloc.report.tables import table2, table2_markdown, table3, table3_markdown
 
 log = logging.getLogger(__name__)
@@ -121,7 +125,8 @@ def log_summary_run(tables: SweepTables, cfg: DictConfig, report=None) -> None:
     w = cfg.logger.wandb
     run = wandb.init(project=str(w.project), entity=w.get("entity"), group=sweep_group(cfg),
                      name="summary", job_type="summary", dir=str(tables.folder),
-                     mode=wandb_mode(str(w.get("mode", "auto"))), reinit="finish_previous")
+                     mode=wandb_mode(str(w.get("mode", "auto"))), reinit="finish_previous",
+                     settings=wandb.Settings(quiet=True))
     run.log({"table2": wandb.Table(dataframe=tables.table2.astype({"fold": str})),
              "table3": wandb.Table(dataframe=tables.table3)})
     if report is not None:
@@ -138,10 +143,41 @@ def log_summary_run(tables: SweepTables, cfg: DictConfig, report=None) -> None:
     run.finish()
 
 
+def sweep_size(overrides: list[str], params: dict | None = None) -> int | None:
+    """How many jobs Hydra's basic sweeper makes of these overrides (and ``hydra.sweeper.params``):
+    the product of the sweep lists. None when they cannot be counted here."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    arguments = [*(f"{k}={v}" for k, v in (params or {}).items()), *overrides]
+    try:
+        parsed = OverridesParser.create().parse_overrides(arguments)
+        return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
+    except Exception:  # noqa: BLE001 - e.g. glob() sweeps need the config loader: no ETA
+        return None
+
+
+def sequential(config: DictConfig) -> bool:
+    """Whether the jobs run one after another in this process (Hydra's basic launcher)."""
+    return str(config.hydra.launcher.get("_target_", "")).endswith(".BasicLauncher")
+
+
 class AggregateOnSweepEnd(Callback):
-    """Hydra callback: Tables 2 and 3 once every job of a multirun has returned."""
+    """Hydra callback: the study's clock from the multirun's start; Tables 2 and 3, the report
+    and the closing headline once every job of the multirun has returned."""
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.started = time.monotonic()
+        if sequential(config):  # the folds share this process, hence the study's ETA
+            params = config.hydra.sweeper.get("params")
+            start_study(sweep_size(list(config.hydra.overrides.task),
+                                   dict(params) if params else None))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        end_study()
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
             tables = aggregate(sweep_dir)
@@ -154,6 +190,10 @@ class AggregateOnSweepEnd(Callback):
         report = build_sweep_report(sweep_dir, config)
         if config.logger.get("wandb"):
             log_summary_run(tables, config, report)
+        seconds = time.monotonic() - self.started if self.started is not None else 0.0
+        say(headline(tables.results, seconds, phantom=config.cohort.get("phantom") is not None,
+                     report=report.html if report is not None else None,
+                     tables=sweep_dir / "table2.md", missing=tables.missing))
 
 
 def build_sweep_report(sweep_dir: Path, config: DictConfig):
@@ -164,6 +204,7 @@ def build_sweep_report(sweep_dir: Path, config: DictConfig):
         return None
     from hipdisloc.report.build import ReportSettings, build_report
 
+    started = time.monotonic()
     try:
         report = build_report(sweep_dir, ReportSettings(
             n_boot=int(settings.get("n_boot", 2000)),
@@ -174,6 +215,5 @@ def build_sweep_report(sweep_dir: Path, config: DictConfig):
         log.exception("the report could not be built; the tables are written. Retry with "
                       "python -m hipdisloc.report %s", sweep_dir)
         return None
-    log.info("report -> %s", report.html)
-    print(f"report -> {report.html}")
+    say(report_line(time.monotonic() - started, report.html))
     return report

@@ -62,12 +62,14 @@ class FoldTracker:
         w = cfg.logger.get("wandb")
         if not w:
             return cls([])
+        import wandb
         from pytorch_lightning.loggers import WandbLogger
 
         logger = WandbLogger(project=str(w.project), entity=w.get("entity"),
                              group=sweep_group(cfg), name=f"fold{cfg.fold}", job_type="fold",
                              save_dir=str(out), mode=wandb_mode(str(w.get("mode", "auto"))),
-                             config=_public_config(cfg))
+                             config=_public_config(cfg),
+                             settings=wandb.Settings(quiet=True))  # where, not a run summary
         return cls([logger], logger, int(w.get("log_crops", 0)))
 
     def log_fold_result(self, result: dict, out: Path, crops_dir: Path) -> None:

@@ -4,6 +4,8 @@
 the paper's command works exactly as written; ``range(0,10)`` and ``0,1,2`` work too. Stages
 upstream of training run first when their outputs are missing (:mod:`hipdisloc.pipeline`).
 At the end of a sweep, Tables 2 and 3 are written to the sweep folder (:mod:`hipdisloc.sweep`).
+What the user reads meanwhile (a line per stage, a few per fold with the study's ETA, the
+closing headline) is :mod:`hipdisloc.progress`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import logging
 import os
 import re
 import sys
+import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -20,6 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from hipdisloc.io.atomic import write_text
 from hipdisloc.paths import CONFIG_DIR
+from hipdisloc.precision import resolve_channels_last, resolve_precision
+from hipdisloc.progress import current_study, fold_label, fold_line, interactive, say
 
 log = logging.getLogger("hipdisloc.train")
 RANGE = re.compile(r"^([\w.+~/-]+)=(-?\d+)\.\.(-?\d+)$")
@@ -51,6 +57,9 @@ def fold_settings(cfg: DictConfig):
     from hipdisloc.training import FoldSettings
 
     trainer = _one_gpu_per_parallel_job(cfg, OmegaConf.to_container(cfg.trainer, resolve=True))
+    trainer = resolve_precision(trainer)
+    if not interactive():  # Lightning's redrawn bar is carriage-return spam in a log file;
+        trainer["enable_progress_bar"] = False  # the fold's own lines stay (FoldProgress)
     return FoldSettings(
         fold=int(cfg.fold), n_folds=int(cfg.n_folds), seed=int(cfg.seed),
         head_epochs=int(cfg.schedule.head_epochs), full_epochs=int(cfg.schedule.full_epochs),
@@ -68,7 +77,9 @@ def fold_settings(cfg: DictConfig):
         oversample_val=bool(cfg.data.oversample_val), augment=str(cfg.data.augment),
         by_sex_prevalence=float(cfg.evaluation.by_sex_prevalence),
         by_sex_draws=int(cfg.evaluation.by_sex_draws),
-        resume=bool(cfg.callbacks.resume), channels_last=bool(cfg.model.channels_last),
+        resume=bool(cfg.callbacks.resume),
+        channels_last=resolve_channels_last(cfg.model.channels_last,
+                                            trainer.get("precision", "32-true")),
         compile=bool(cfg.model.compile), lr_schedule=str(cfg.model.schedule), trainer=trainer,
         progress_interval=float(cfg.callbacks.get("progress_interval", 0.5)),
     )
@@ -130,32 +141,78 @@ def write_inputs_record(cfg: DictConfig, out: Path, crops: Path) -> None:
     write_text(out / "inputs.json", json.dumps(record, indent=2, default=str))
 
 
+def _quiet_lightning() -> None:
+    """Lightning sets its loggers to INFO when first imported, which is after Hydra configured
+    logging: set the levels of ``hydra.job_logging.loggers`` (conf/train.yaml: Lightning's info
+    chatter off) again. And hide torch's deprecation of ``LeafSpec``, which Lightning calls."""
+    import pytorch_lightning  # noqa: F401 - imported first, then its levels set
+    from hydra.core.hydra_config import HydraConfig
+
+    for name, spec in (HydraConfig.get().job_logging.get("loggers") or {}).items():
+        if spec.get("level"):
+            logging.getLogger(name).setLevel(spec.level)
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated")
+
+
+def fold_summary(label: str, r: dict, seconds: float, path: Path, eta: str | None) -> str:
+    """The fold's line (test AUC, the phantom's oracle, time, the study's ETA), then its other
+    test metrics and the epoch the selection rule chose."""
+    return (fold_line(label, r["auc"], seconds, r.get("phantom_oracle_auc"), eta)
+            + f"\n  {r['n_images']} test images ({r['n_positive']} positive): sensitivity "
+            f"{r['sensitivity']:.3f}, specificity {r['specificity']:.3f}, NPV {r['npv']:.3f} "
+            f"-> {path}\n  {r['selection']['rule']}")
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> dict | None:
     from hydra.core.hydra_config import HydraConfig
-    from pytorch_lightning.utilities import rank_zero_only
 
-    from hipdisloc.sweep import phantom_oracle_auc
-    from hipdisloc.tracking import FoldTracker
-
+    _quiet_lightning()
     out = Path(HydraConfig.get().runtime.output_dir)
     done = out / "test_metrics.json"
+    study = current_study()  # a sequential sweep's clock (hipdisloc.sweep), else None
+    label = study.label(int(cfg.fold)) if study else fold_label(int(cfg.fold))
     if cfg.callbacks.skip_finished and done.is_file():
         log.info("fold %s: %s exists, skipped (callbacks.skip_finished=false retrains)",
                  cfg.fold, done)
+        if study is not None:
+            study.fold_finished(None)  # done, but no time for the ETA's mean
         return json.loads(done.read_text())
+    try:
+        r, seconds = train_one_fold(cfg, out, label, study)
+    except BaseException:
+        if study is not None:
+            study.fold_finished(None)
+        raise
+    if study is not None:
+        study.fold_finished(seconds)
+    say(fold_summary(label, r, seconds, done, study.eta() if study else None))
+    return r
+
+
+def train_one_fold(cfg: DictConfig, out: Path, label: str, study=None) -> tuple[dict, float]:
+    """The upstream stages (built or reused), then the fold; its result and the seconds it
+    took (the stages apart: they run once per data folder, the fold once per job)."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    from hipdisloc.pipeline import ensure_upstream
+    from hipdisloc.sweep import phantom_oracle_auc
+    from hipdisloc.tracking import FoldTracker
+    from hipdisloc.training import FoldProgress, train_fold
+
+    done = out / "test_metrics.json"
     _this_job_only()
     env_before = {k: os.environ[k] for k in DDP_ENV if k in os.environ}
     tracker = None
     try:
-        from hipdisloc.pipeline import ensure_upstream
-        from hipdisloc.training import train_fold
-
         crops = ensure_upstream(cfg)
+        started = time.monotonic()
         if rank_zero_only.rank == 0:
             write_inputs_record(cfg, out, crops)
         tracker = FoldTracker.from_config(cfg, out)
-        r = train_fold(crops, out, fold_settings(cfg), loggers=tracker.loggers)
+        settings = fold_settings(cfg)
+        bar = FoldProgress(label, settings.head_epochs, settings.full_epochs, started, study)
+        r = train_fold(crops, out, settings, loggers=tracker.loggers, callbacks=[bar])
         if rank_zero_only.rank == 0:
             oracle = (phantom_oracle_auc(out / "predictions.csv", Path(cfg.paths.data_dir))
                       if cfg.cohort.get("phantom") is not None else None)
@@ -163,14 +220,7 @@ def main(cfg: DictConfig) -> dict | None:
                 r["phantom_oracle_auc"] = oracle
                 write_text(done, json.dumps(r, indent=2, default=float))
             tracker.log_fold_result(r, out, crops)
-            print(f"fold {r['fold']} -> {out}/test_metrics.json\n"
-                  f"  test: {r['n_images']} images ({r['n_positive']} positive), AUC "
-                  f"{r['auc']:.3f}, sensitivity {r['sensitivity']:.3f}, specificity "
-                  f"{r['specificity']:.3f}, NPV {r['npv']:.3f}"
-                  + (f" (phantom: image-only oracle AUC {r['phantom_oracle_auc']:.3f})"
-                     if "phantom_oracle_auc" in r else "")
-                  + f"\n  {r['selection']['rule']}")
-        return r
+        return r, time.monotonic() - started
     finally:
         if tracker is not None:
             tracker.finish()

@@ -42,6 +42,7 @@ from hipdisloc.io.atomic import write_csv, write_text
 from hipdisloc.lr_finder import find_lr
 from hipdisloc.metrics import Selection, confusion_metrics, repeated_draw_metrics
 from hipdisloc.models.classifier import DislocationClassifier, resolve_pretrained
+from hipdisloc.progress import QUIET_LIMIT_S, epoch_due, epoch_line, say
 from hipdisloc.thresholds import ThresholdRule, choose_threshold, logit, training_log_odds
 
 STAGES = ("stage1_head", "stage2_all")
@@ -136,6 +137,37 @@ def progress_bar(interval: float) -> ProgressBar:
     redraw every ``interval`` seconds."""
     rich = importlib.util.find_spec("rich") is not None
     return (ThrottledRichProgressBar if rich else ThrottledTQDMProgressBar)(interval)
+
+
+class FoldProgress(pl.Callback):
+    """A few lines per fold on global rank 0: at the end of the epochs that start a new quarter
+    of the fold's epochs (both stages counted; never the last: the fold's own line follows),
+    and after any epoch that ends 5 minutes or more after the last line. Each gives the fold's
+    epoch k/n, its validation AUC, its time, and the study's ETA when the folds run one after
+    another in this process (``study``: :class:`hipdisloc.progress.StudyClock`). Plain lines,
+    no redrawing: a log file reads like the terminal."""
+
+    def __init__(self, label: str, head_epochs: int, full_epochs: int,
+                 started: float | None = None, study=None):
+        self.label, self.head_epochs, self.study = label, head_epochs, study
+        self.epochs = head_epochs + full_epochs
+        self.started = time.monotonic() if started is None else started
+        self._said = self.started
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        before = self.head_epochs if getattr(module, "stage", "all") == "all" else 0
+        epoch, now = before + trainer.current_epoch + 1, time.monotonic()
+        if not (epoch_due(epoch, self.epochs)
+                or (epoch < self.epochs and now - self._said >= QUIET_LIMIT_S)):
+            return
+        self._said = now
+        auc = trainer.callback_metrics.get("val/auc")
+        elapsed = now - self.started
+        say(epoch_line(self.label, epoch, self.epochs, elapsed,
+                       None if auc is None else float(auc),
+                       self.study.eta(elapsed) if self.study is not None else None))
 
 
 class LastEpochCheckpoint(pl.Callback):
@@ -242,7 +274,8 @@ def stage_trainer(out: Path, stage: str, recorder: SelectionRecorder, trainer: d
     ours = dict(default_root_dir=out, callbacks=[recorder, last, *(callbacks or [])],
                 logger=[CSVLogger(out, name="logs", version=stage), *(loggers or [])],
                 num_sanity_val_steps=0, use_distributed_sampler=False,
-                enable_checkpointing=False, log_every_n_steps=10)
+                enable_checkpointing=False, log_every_n_steps=10,
+                enable_model_summary=False)  # the same ResNet18 table twice per fold
     reserved = {"callbacks", "logger", "default_root_dir", "use_distributed_sampler"}
     if reserved & set(trainer):
         raise ValueError(f"conf/trainer sets {sorted(reserved & set(trainer))}: a fold's "
@@ -303,10 +336,12 @@ class FoldRun:
     """One fold's training, in the order the paper describes; each step resumable."""
 
     def __init__(self, crops_dir: Path, out: Path, s: FoldSettings,
-                 loggers: list[Logger] | None = None):
+                 loggers: list[Logger] | None = None,
+                 callbacks: list[pl.Callback] | None = None):
         self.crops_dir, self.out, self.s = crops_dir, out, s
         self.ckpt_dir = out / "checkpoints"
         self.extra_loggers = loggers or []
+        self.extra_callbacks = callbacks or []
         self.dm = ClassificationDataModule(str(crops_dir), s.fold, s.n_folds, s.seed,
                                            s.batch_size, s.num_workers, s.augment,
                                            pin_memory=s.pin_memory, packed=s.packed,
@@ -338,7 +373,8 @@ class FoldRun:
 
     def _trainer(self, stage: str, epochs: int, **extra) -> pl.Trainer:
         return stage_trainer(self.out, stage, self.recorder, self.s.trainer,
-                             self.extra_loggers, progress_interval=self.s.progress_interval,
+                             self.extra_loggers, callbacks=self.extra_callbacks,
+                             progress_interval=self.s.progress_interval,
                              max_epochs=epochs, **extra)
 
     def _fit(self, stage: str, epochs: int) -> pl.Trainer:
@@ -433,12 +469,15 @@ def threshold_rule(s: FoldSettings) -> ThresholdRule:
 
 
 def train_fold(crops_dir: str | Path, out_dir: str | Path, s: FoldSettings,
-               loggers: list[Logger] | None = None) -> dict:
+               loggers: list[Logger] | None = None,
+               callbacks: list[pl.Callback] | None = None) -> dict:
+    """Train, select, evaluate one fold (module docstring); ``callbacks`` join both stages'
+    Trainers (hipdisloc.train adds :class:`FoldProgress`)."""
     pl.seed_everything(s.seed + s.fold, workers=True)
     out, crops_dir = Path(out_dir), Path(crops_dir)
     out.mkdir(parents=True, exist_ok=True)
     rule = threshold_rule(s)  # a wrong rule fails before any training
-    run = FoldRun(crops_dir, out, s, loggers)
+    run = FoldRun(crops_dir, out, s, loggers, callbacks)
     if s.head_epochs > 0:
         run.stage1()
     else:

@@ -25,7 +25,9 @@ from hipdisloc.train import gpu_for_job, normalise_argv
 
 TINY = ["experiment=demo", "debug=fast", "n_folds=2", "cohort.phantom.n_patients=40",
         "cohort.phantom.image_size=128", "prepare.image_size=128", "prepare.workers=1",
-        "cohort.phantom.workers=1", "crop.boxes_from=ground_truth", "crop.crop_size=32"]
+        "cohort.phantom.workers=1", "crop.boxes_from=ground_truth", "crop.crop_size=32",
+        # the tiny cohort as before the demo went to one radiograph per THA and batch 64
+        "cohort.phantom.images_per_tha=2.0", "schedule.batch_size=32"]
 
 
 def run_train(args: list[str], home: Path, timeout: int = 600, background: bool = False):
@@ -92,12 +94,17 @@ def test_the_paper_experiment_is_the_default_and_demo_overrides_it():
     assert demo.name == "demo" and demo.paths.data_dir == "data/demo"
     assert (demo.trainer.strategy, demo.trainer.devices, demo.trainer.accelerator) == \
         ("ddp", 2, "cpu")
-    # the larger demo is the smaller one's base: same recipe, more patients, epochs and pixels
+    # the larger demo is the demo's base: same recipe and patients, two radiographs per THA,
+    # more epochs in fp32; the demo: bf16 where native, the paper's literal selection rule
     large = compose_train(["experiment=demo_large"])
     assert large.name == "demo_large" and large.paths.data_dir == "data/demo_large"
     assert (large.model.lr, large.model.pos_weight) == (demo.model.lr, demo.model.pos_weight)
-    assert large.cohort.phantom.n_patients > demo.cohort.phantom.n_patients
-    assert large.crop.crop_size > demo.crop.crop_size
+    assert large.cohort.phantom.n_patients == demo.cohort.phantom.n_patients
+    assert large.cohort.phantom.images_per_tha > demo.cohort.phantom.images_per_tha == 1.0
+    assert large.schedule.full_epochs > demo.schedule.full_epochs
+    assert (demo.trainer.precision, demo.model.channels_last) == ("fastest", "auto")
+    assert demo.callbacks.selection.sensitivity_at == "paper_literal"
+    assert large.callbacks.selection.sensitivity_at == paper.callbacks.selection.sensitivity_at
 
 
 def test_command_line_normalisation():
@@ -130,7 +137,8 @@ def test_ddp_multirun_over_folds_with_wandb_offline(data_dir, tmp_path):
                      "fold=0..1", "-m", "trainer=ddp_cpu", "trainer.devices=2", "logger=wandb",
                      "model.lr_finder=true"],
                     tmp_path)
-    assert "phantom: reusing" in log and "crop: reusing" in log
+    assert f"stage phantom: reused {data_dir / 'phantom'}" in log
+    assert f"stage crop: reused {data_dir / 'crops'}" in log
     crops = pd.read_csv(data_dir / "crops" / "crops.csv")
     for fold in (0, 1):
         r = json.loads((sweep / f"fold{fold}" / "test_metrics.json").read_text())

@@ -32,7 +32,9 @@ from hipdisloc.training import patient_hash
 TINY = ["experiment=demo", "debug=fast", "logger=csv", "n_folds=2",
         "cohort.phantom.n_patients=40", "cohort.phantom.image_size=128",
         "prepare.image_size=128", "prepare.workers=1", "cohort.phantom.workers=1",
-        "crop.boxes_from=ground_truth", "crop.crop_size=32"]
+        "crop.boxes_from=ground_truth", "crop.crop_size=32",
+        # the tiny cohort as before the demo went to one radiograph per THA and batch 64
+        "cohort.phantom.images_per_tha=2.0", "schedule.batch_size=32"]
 
 
 def run(module: str, args: list[str], cwd: Path, ok: bool = True):

@@ -29,9 +29,52 @@ def sweep(tmp_path_factory):
     """A two-fold sweep on the tiny phantom (the sweep's end builds the report)."""
     root = tmp_path_factory.mktemp("report")
     out = root / "sweep"
-    run_train([*TINY, f"paths.data_dir={root / 'data'}", f"paths.out_dir={out}", "fold=0..1",
-               "-m", "schedule.full_epochs=3"], root)
+    log = run_train([*TINY, f"paths.data_dir={root / 'data'}", f"paths.out_dir={out}",
+                     "fold=0..1", "-m", "schedule.full_epochs=3",
+                     # the default selection check (the demo's is the paper's literal one)
+                     "callbacks.selection.sensitivity_at=prior_shift"], root)
+    (root / "train.log").write_text(log)  # what the user saw (test_the_sweep_says_...)
     return out
+
+
+def test_the_sweep_says_each_stage_fold_and_the_headline(sweep):
+    """A line per stage with its time, a few per fold with the study's ETA (estimating until a
+    fold has finished), the report's time, and the headline with the phantom's warning."""
+    log = (sweep.parent / "train.log").read_text()
+    assert "\r" not in log  # captured (not a terminal): no redrawn bars
+    lines = log.splitlines()
+    auc, took = r"(\d\.\d{3}|n/a)", r"\d+ (s|min \d\d s|h \d\d min)"
+    for stage, what in (("phantom", "images of [0-9,]+ patients"),
+                        ("prepare", r"images \([0-9,]+ excluded\)"),
+                        ("crop", r"crops \([0-9,]+ without a usable box\)")):
+        said = [line for line in lines if line.startswith(f"stage {stage}:")]
+        assert len(said) == 1, said  # once, although both folds use it
+        assert re.fullmatch(rf"stage {stage}: [0-9,]+ {what} in {took}", said[0]), said
+    assert lines.count("stage detect: skipped (crop.boxes_from=ground_truth)") == 1
+    assert "reused" not in log  # all built by this run
+    # debug=fast: 1 head + 3 full epochs per fold, an epoch line after epochs 1, 2 and 3
+    for fold, eta in ((0, "estimating"), (1, took)):
+        label = re.escape(f"fold {fold} ({fold + 1}/2)")
+        epochs = [line for line in lines if line.startswith(f"fold {fold} ({fold + 1}/2) [")]
+        assert [re.search(r"epoch (\d)/4", line)[1] for line in epochs] == ["1", "2", "3"]
+        for line in epochs:
+            assert re.fullmatch(rf"{label} \[[#-]{{10}}\] epoch \d/4, val AUC {auc}, {took}; "
+                                rf"study ETA {eta}", line), line
+    r0, r1 = (json.loads((sweep / f"fold{k}" / "test_metrics.json").read_text())
+              for k in (0, 1))
+    assert re.search(rf"^fold 0 \(1/2\): test AUC {auc}.*, {took}; study ETA {took}$", log,
+                     re.M)
+    assert re.search(rf"^fold 1 \(2/2\): test AUC {auc}.*, {took}$", log, re.M)  # none left
+    assert re.search(rf"^report: {took} -> .*report\.html$", log, re.M)
+    table2 = pd.read_csv(sweep / "table2.csv").set_index("fold")
+    mean = f"{table2.loc['mean', 'auc']:.3f}"
+    study = [line for line in lines if line.startswith("Study done in ")]
+    assert len(study) == 1 and study[0].endswith(
+        f" (phantom: synthetic, not clinical); report -> {sweep / 'report' / 'report.html'}")
+    assert (f"mean test AUC {mean}" if mean != "nan" else "no fold with a defined") in study[0]
+    if "phantom_oracle_auc" in r0 and "phantom_oracle_auc" in r1:
+        oracle = (r0["phantom_oracle_auc"] + r1["phantom_oracle_auc"]) / 2
+        assert f"(oracle {oracle:.3f} ± " in study[0]
 
 
 def test_the_sweep_leaves_a_report_with_every_section(sweep):

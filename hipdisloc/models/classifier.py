@@ -188,9 +188,11 @@ class DislocationClassifier(pl.LightningModule):
 
     def _collect(self, batch, stage: str) -> None:
         x, y, pos = batch
-        # float32 logits: under bf16-mixed autocast they are bfloat16, whose 2^-8 steps tie
-        # scores and which numpy cannot hold; a float32 sigmoid saturates at 1 above ~17
-        logits = self(x).float().detach()
+        # Scored in float32 even when training runs under bf16-mixed autocast: bf16 logits step
+        # by 2^-8 (tied scores) and numpy cannot hold them, and the thresholds chosen on these
+        # validation scores must mean the same on predict's float32 scores of new images.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            logits = self(x.float()).float().detach()
         self._outputs[stage].append((logits, y.detach(), pos.detach()))
 
     def _gathered(self, stage: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -4,7 +4,8 @@ Layout of ``out_dir``::
 
     manifest.csv       cohort manifest, one row per image (DESIGN.md section 2)
     boxes.json         COCO boxes, one per operated hip, category "hip"
-    oracle.csv         per image: true risk (full and image-only), linear predictors, inclusion
+    oracle.csv         per image: true risk (full and image-only), linear predictors, inclusion,
+                       and the geometry of the image's THA (what a regressor on the crop targets)
     acquisition.csv    per image: the nuisance variables (photometric, bits, pose, markers...)
     phantom.json       settings, seed, intercept, prevalence and the oracle AUCs
     dicom/<patient>/<image_id>.dcm
@@ -117,6 +118,10 @@ def _render_and_write(task: tuple[dict, int, int, str]) -> dict:
     }
 
 
+GEOMETRY_COLUMNS = ["inclination_deg", "anteversion_deg", "head_diameter_mm", "cup_diameter_mm",
+                    "offset_mm"]
+
+
 def image_table(settings: CohortSettings, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Sample the cohort and lay out one task row per image (paths, both hips' implants)."""
     thas, images, info = sample_cohort(settings, seed)
@@ -124,9 +129,7 @@ def image_table(settings: CohortSettings, seed: int) -> tuple[pd.DataFrame, pd.D
     images["head_out_of_cup"] = images["kind"] == "post_dislocation"
     images["path"] = [f"dicom/{p}/{i}.dcm" for p, i in zip(images["patient_id"],
                                                          images["image_id"], strict=True)]
-    geometry = ["inclination_deg", "anteversion_deg", "head_diameter_mm", "cup_diameter_mm",
-                "offset_mm"]
-    other = thas.set_index("tha_id")[geometry + ["side"]].add_prefix("other_")
+    other = thas.set_index("tha_id")[GEOMETRY_COLUMNS + ["side"]].add_prefix("other_")
     images = images.join(other, on="other_tha")
     return thas, images, info
 
@@ -146,6 +149,9 @@ def oracle_of(thas: pd.DataFrame, images: pd.DataFrame, intercept: float,
     ``risk_true`` includes the latent term nobody observes; ``risk_full`` is the best a model of
     image + clinical factors can do; ``risk_image_only`` = E[risk | implant geometry] (the
     clinical and latent terms averaged over the cohort) is the best an image-only model can do.
+    The last columns (:data:`GEOMETRY_COLUMNS`) are the implant geometry of the image's THA
+    (``tha_id``, the operated hip the crop stage crops), joined from ``thas``: the targets of
+    :mod:`hipdisloc.phantom.recoverability`.
     """
     marginal = marginal_image_risk(
         intercept, thas["eta_image"].to_numpy(), thas["eta_clinical"].to_numpy(),
@@ -164,6 +170,8 @@ def oracle_of(thas: pd.DataFrame, images: pd.DataFrame, intercept: float,
         "risk_image_only": images["tha_id"].map(marginal_by_tha).round(8),
         "risk_full": (1 / (1 + np.exp(-(intercept + eta_full)))).round(8),
         "risk_true": images["risk"].round(8),
+        **{c: images["tha_id"].map(thas.set_index("tha_id")[c]).round(6)
+           for c in GEOMETRY_COLUMNS},
     })
 
 
