@@ -15,6 +15,8 @@ scale                folds, oversampled index, cache    reading the manifest    
                      index at 92,584 images
 predict_latency      one radiograph, DICOM in -> risk   the bare fold-ensemble    (ratio)
                      out, p50/p95; batch throughput     forward, same run
+cpu_precision        the demo's training step in the    the same step in fp32     (ratio; > 1
+                     precision 'fastest' resolves to                              with bf16)
 
 Not run here, as it needs a trained sweep: ``python -m benchmarks.precision_scores --sweep DIR``
 (what bf16 autocast, channels_last and torch.compile do to the test scores, against fp32).
@@ -31,6 +33,7 @@ import platform
 from datetime import date
 
 from benchmarks import (
+    cpu_precision,
     data_pipeline,
     phantom_speed,
     predict_latency,
@@ -43,7 +46,8 @@ from benchmarks import (
 BENCHMARKS = {"phantom_speed": phantom_speed, "prepare_throughput": prepare_throughput,
               "train_throughput": train_throughput, "step_overhead": step_overhead,
               "data_pipeline": data_pipeline,
-              "scale": scale, "predict_latency": predict_latency}
+              "scale": scale, "predict_latency": predict_latency,
+              "cpu_precision": cpu_precision}
 
 
 def main(argv: list[str] | None = None) -> None:

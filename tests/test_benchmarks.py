@@ -229,3 +229,18 @@ def test_prepare_throughput_reports_its_ratio_and_the_floor():
         assert r["baseline_per_s"] > 0 and r["ours_per_s"] > 0
         assert math.isclose(r["ratio"], r["ours_per_s"] / r["baseline_per_s"])
         assert math.isclose(r["floor_ratio"], r["decode_resize_per_s"] / r["baseline_per_s"])
+
+
+def test_cpu_precision_compares_what_fastest_resolves_to_with_fp32():
+    from benchmarks import cpu_precision
+    from hipdisloc.precision import cpu_flags
+
+    r = cpu_precision.main(["--size", "32", "--batch-size", "4", "--steps", "1"])
+    native = bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    assert r["precision"] == ("bf16-mixed" if native else "32-true")
+    assert r["fp32"] > 0 and r["chosen"] > 0
+    if not native:  # fp32 both ways: the same measurement, ratio 1
+        assert r["ratio"] == 1.0
+    forced = cpu_precision.main(["--size", "32", "--batch-size", "4", "--steps", "1",
+                                 "--force-bf16"])
+    assert forced["precision"] == "bf16-mixed" and forced["chosen"] != forced["fp32"]

@@ -150,8 +150,8 @@ def oracle_of(thas: pd.DataFrame, images: pd.DataFrame, intercept: float,
     image + clinical factors can do; ``risk_image_only`` = E[risk | implant geometry] (the
     clinical and latent terms averaged over the cohort) is the best an image-only model can do.
     The last columns (:data:`GEOMETRY_COLUMNS`) are the implant geometry of the image's THA
-    (``tha_id``, the operated hip the crop stage crops), joined from ``thas``: the targets of
-    :mod:`hipdisloc.phantom.recoverability`.
+    (``tha_id``, the operated hip the crop stage crops; ``images`` carries it per row): the
+    targets of :mod:`hipdisloc.phantom.recoverability`.
     """
     marginal = marginal_image_risk(
         intercept, thas["eta_image"].to_numpy(), thas["eta_clinical"].to_numpy(),
@@ -170,8 +170,7 @@ def oracle_of(thas: pd.DataFrame, images: pd.DataFrame, intercept: float,
         "risk_image_only": images["tha_id"].map(marginal_by_tha).round(8),
         "risk_full": (1 / (1 + np.exp(-(intercept + eta_full)))).round(8),
         "risk_true": images["risk"].round(8),
-        **{c: images["tha_id"].map(thas.set_index("tha_id")[c]).round(6)
-           for c in GEOMETRY_COLUMNS},
+        **{c: images[c].round(6) for c in GEOMETRY_COLUMNS},  # the image's own THA's
     })
 
 
