@@ -6,7 +6,7 @@
 
 Measured, in one process, on the same radiographs:
 
-- latency of one radiograph through :func:`hipdisloc.prediction.batch.score_batch` with a
+- latency of one radiograph through :func:`hipdisloc.stages.predict.batch.score_batch` with a
   batch of one: read the DICOM, prepare, detect, crop, score with the fold ensemble, calibrate
   and classify, write its JSON (and, ``with saliency``, its saliency overlay PNG); p50 / p95;
 - baseline, same run: the bare fold ensemble forward (:class:`FoldEnsemble`, K ResNet18s) on
@@ -14,7 +14,7 @@ Measured, in one process, on the same radiographs:
   The three are timed one after the other for each radiograph, so that they share the
   machine's state (another job on a shared machine slows all three alike);
 - where the time goes (p50 per stage, one radiograph): prepare, detect, choose + crop, ensemble;
-- batch throughput: :func:`~hipdisloc.prediction.batch.predict` on the radiographs with
+- batch throughput: :func:`~hipdisloc.stages.predict.batch.predict` on the radiographs with
   ``--batch-size``, files/s, without and with saliency.
 
 ``--sweep DIR``: a trained sweep (its radiographs are the first ``--images`` rows of its
@@ -38,11 +38,11 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
-from hipdisloc.prediction import ensemble as ens
-from hipdisloc.prediction.batch import Outputs, PredictSettings, Scorer, predict, score_batch
-from hipdisloc.prediction.hips import choose_hips, crop_hip, prepare_image
-from hipdisloc.prediction.inputs import from_manifest
-from hipdisloc.prediction.study import Study, load_study
+from hipdisloc.stages.predict import ensemble as ens
+from hipdisloc.stages.predict.batch import Outputs, PredictSettings, Scorer, predict, score_batch
+from hipdisloc.stages.predict.hips import choose_hips, crop_hip, prepare_image
+from hipdisloc.stages.predict.inputs import from_manifest
+from hipdisloc.stages.predict.study import Study, load_study
 
 
 def build_sweep(root: Path, folds: int = 10, image_size: int = 256, crop_size: int = 64,

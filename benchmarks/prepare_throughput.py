@@ -26,7 +26,7 @@ import pydicom
 from pydicom.uid import JPEG2000Lossless
 
 from hipdisloc.phantom import CohortSettings, generate
-from hipdisloc.preparation import PrepareSettings, prepare
+from hipdisloc.stages.prepare import PrepareSettings, prepare
 
 
 def decode_rate(files: list[Path]) -> float:

@@ -6,8 +6,8 @@
 
 When a step's computation is tiny, what is left of a step is the framework's own work: on a GPU,
 host time that the device's queue hides only while a step's kernels take longer than it.
-Measured: DislocationClassifier fitted by the Trainer hipdisloc/training.py builds for a stage
-(``stage_trainer``: the selection recorder, the resumable ``last.ckpt`` callback, the CSV
+Measured: DislocationClassifier fitted by the Trainer hipdisloc/stages/train/fold.py builds for a
+stage (``stage_trainer``: the selection recorder, the resumable ``last.ckpt`` callback, the CSV
 logger, ``log_every_n_steps``, the progress bar), with the Trainer arguments of
 conf/trainer/default.yaml (progress bar on; it writes to a file here), on the CPU, the OneCycle
 schedule stepping per batch. Baseline: a plain loop over the same pre-made batches with the
@@ -25,7 +25,7 @@ Per step: CPU time of this process (all threads; torch on ``--threads`` threads)
 over every timed step of every repeat, which a shared machine disturbs far less than the wall
 clock (also printed). Prints ms per step of the plain loop and of Lightning, their difference
 (Lightning's fixed cost per step) and ratio, and what that cost would do to the H100 figures of
-the README if nothing hid it (plain loop 3,552 images/s at batch 64 = 18.0 ms per step; the
+docs/benchmarks.md if nothing hid it (plain loop 3,552 images/s at batch 64 = 18.0 ms per step; the
 ratio becomes T / (T + cost)). ``--variants`` times the Trainer with one setting changed at a
 time; ``--breakdown`` times the parts of a Lightning step (median CPU time per call, in place
 in the fit, ``before`` and now); ``--profile N`` prints cProfile's N costliest functions.
@@ -62,12 +62,12 @@ from torch.utils.data import DataLoader
 
 from benchmarks.train_throughput import Batches
 from hipdisloc.models.classifier import DislocationClassifier
-from hipdisloc.training import STAGES, SelectionRecorder, _Throttled, stage_trainer
+from hipdisloc.stages.train.fold import STAGES, SelectionRecorder, _Throttled, stage_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINER_CONF = ROOT / "conf" / "trainer" / "default.yaml"
 POS_WEIGHT, LR = 25.0, 1e-4
-# The README's H100 rows (benchmarks/gpu.sh, bf16 + channels_last, 224 px, all layers):
+# docs/benchmarks.md's H100 rows (benchmarks/gpu.sh, bf16 + channels_last, 224 px, all layers):
 # batch size -> (plain loop images/s, Lightning images/s)
 H100 = {64: (3552.0, 2535.0), 128: (8753.0, 7247.0), 256: (11694.0, 11668.0)}
 
@@ -194,7 +194,7 @@ VARIANTS = {
 def lightning_steps(model: str, loader: DataLoader, steps: int, warmup: int, root: Path,
                     variant: str = "training.py", profile: cProfile.Profile | None = None
                     ) -> list[tuple[float, float]]:
-    """(wall, CPU) ms of each timed step of ``Trainer.fit`` as hipdisloc/training.py runs
+    """(wall, CPU) ms of each timed step of ``Trainer.fit`` as hipdisloc/stages/train/fold.py runs
     stage 2, or of a ``variant`` of it (VARIANTS); the progress bar writes to a file."""
     v = dict(VARIANTS[variant])
     root.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 """Synthetic inputs for the benchmarks: a crops table with the columns of ``crops.csv`` (as
-hipdisloc/cropping.py writes it) and, when asked, a crop cache in the cache format
+hipdisloc/stages/crop.py writes it) and, when asked, a crop cache in the cache format
 (hipdisloc/io/cache.py: one uint16 ``.npy`` per crop under ``crops/<sha1 shard>/``).
 
 Nothing here is rendered: crops are smooth random images, since speed does not depend on what the

@@ -5,11 +5,11 @@
         [--device cpu|cuda] [--bf16] [--channels-last] [--threads 1]
 
 Measured: DislocationClassifier (hipdisloc/models/classifier.py) trained by pytorch_lightning's
-Trainer, configured as hipdisloc/training.py configures it (CSV logger, no checkpointing, no
-sanity validation), with validation off. Baseline: a plain loop that drives the same module's
-network, weighted BCE and optimiser (its ``configure_optimizers()``) without the Trainer, over
-the same batches for the same number of steps. Both are fed identical batches, so the ratio
-isolates the framework's overhead:
+Trainer, configured as hipdisloc/stages/train/fold.py configures it (CSV logger, no
+checkpointing, no sanity validation), with validation off. Baseline: a plain loop that drives
+the same module's network, weighted BCE and optimiser (its ``configure_optimizers()``) without
+the Trainer, over the same batches for the same number of steps. Both are fed identical
+batches, so the ratio isolates the framework's overhead:
 
 - ``--source datamodule`` (default): the training loader of ClassificationDataModule on a
   synthetic crop cache, augmentation off, no worker processes; the plain loop iterates that

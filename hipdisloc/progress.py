@@ -11,9 +11,9 @@
 The formatting is pure (durations, counts, the lines, the ETA, the headline). :func:`say`
 prints a line on global rank 0 only, whole (no carriage returns: a log file reads like the
 terminal). The study's ETA needs the folds to run one after another in this process (Hydra's
-basic launcher): :func:`start_study` is then called at the sweep's start (hipdisloc.sweep) and
-each fold reads the :class:`StudyClock` from :func:`current_study`; with parallel launchers
-there is none, and the folds print their own lines without an ETA.
+basic launcher): :func:`start_study` is then called at the sweep's start (its Hydra
+callback) and each fold reads the :class:`StudyClock` from :func:`current_study`; with parallel
+launchers there is none, and the folds print their own lines without an ETA.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ echo "== the 10-fold study on the demo phantom (synthetic, not patient data)"
 echo "   phantom -> prepare -> detect -> crop (first fold only) -> 10 folds -> Tables 2, 3, report"
 "$py" -m hipdisloc.train experiment=demo fold=0..9 -m paths.data_dir="$data" paths.out_dir="$out"
 "$py" -m hipdisloc.phantom.preview "$data/phantom" "$out/phantom_preview.png" --n 3
-"$py" -m hipdisloc.crop_preview "$data/crops" "$data/prepared" "$out/crop_preview.png"
+"$py" -m hipdisloc.stages.crop_preview "$data/crops" "$data/prepared" "$out/crop_preview.png"
 cat <<MSG
 Done. Look at: $out/report/report.html (the whole study in one page), $out/table2.md,
 $out/table3.md, $out/calibration.json, $out/fold*/test_metrics.json,

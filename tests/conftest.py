@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+import hipdisloc.config  # noqa: F401 - the configs' schema, for tests that compose configs
 from hipdisloc.phantom import CohortSettings, generate
 
 SMALL_PHANTOM = dict(n_patients=16, prevalence=0.25, images_per_tha=3.0, bilateral_rate=0.35)
@@ -27,8 +28,8 @@ def small_phantom(tmp_path_factory):
 def prepare_and_crop(cohort, out, image_size: int, crop_size: int, drop: int = 0):
     """Prepare a phantom cohort and crop it with its ground-truth boxes (the first ``drop``
     images lose their box). Returns (crops table, dropped image ids)."""
-    from hipdisloc.cropping import CropSettings, crop_all, ground_truth_candidates
-    from hipdisloc.preparation import PrepareSettings, prepare
+    from hipdisloc.stages.crop import CropSettings, crop_all, ground_truth_candidates
+    from hipdisloc.stages.prepare import PrepareSettings, prepare
 
     prepare(out / "prepared", PrepareSettings(image_size=image_size, workers=1),
             manifest=cohort / "manifest.csv", progress=False)

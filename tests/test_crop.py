@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from hipdisloc.cropping import choose_tha_box
 from hipdisloc.geometry import crop_square, square_resize
 from hipdisloc.io import cache
+from hipdisloc.stages.crop import choose_tha_box
 from tests.conftest import prepare_and_crop
 
 LEFT_HIP = (10.0, 40.0, 45.0, 80.0)  # on the image left: the patient's right hip

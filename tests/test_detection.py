@@ -10,7 +10,7 @@ import torch
 from hipdisloc.data.detection import DetectionDataModule, collate
 from hipdisloc.folds import split_by_patient
 from hipdisloc.models.yolov3 import HipDetector, build_yolov3
-from hipdisloc.preparation import PrepareSettings, prepare
+from hipdisloc.stages.prepare import PrepareSettings, prepare
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_train_step_and_checkpoint_round_trip(prepared, tmp_path):
     path = tmp_path / "detector.pt"
     torch.save({"state_dict": model.state_dict(), "hparams": dict(model.hparams),
                 "input_size": 128, "cache_size": 128}, path)
-    from hipdisloc.detect import load_detector
+    from hipdisloc.stages.detect import load_detector
 
     model.eval()
     again = load_detector(path)  # loads with weights_only=True

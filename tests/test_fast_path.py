@@ -1,5 +1,5 @@
 """The fast path keeps the scores: each optimisation against the plain computation, on CPU,
-with the tolerance stated here (and in the README's benchmark section)."""
+with the tolerance stated here (and in docs/benchmarks.md)."""
 
 from __future__ import annotations
 

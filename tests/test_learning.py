@@ -11,9 +11,16 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from hipdisloc.config import (
+    DataSettings,
+    FoldConfig,
+    ModelSettings,
+    ScheduleSettings,
+    TrainerSettings,
+)
 from hipdisloc.phantom import CohortSettings, generate
 from hipdisloc.phantom.risk import RiskCoefficients
-from hipdisloc.training import FoldSettings, train_fold
+from hipdisloc.stages.train.fold import train_fold
 from tests.conftest import prepare_and_crop
 
 STRONG = RiskCoefficients(inclination_outside=3.5, anteversion_outside=3.5, head_22=3.5,
@@ -27,9 +34,10 @@ def test_a_short_run_beats_chance_and_stays_below_the_oracle(tmp_path):
                                     risk=STRONG), seed=11, image_size=128, workers=2,
              progress=False)
     crops, _ = prepare_and_crop(cohort, tmp_path, 128, 48)
-    s = FoldSettings(fold=0, n_folds=4, head_epochs=0, full_epochs=4, batch_size=32,
-                     num_workers=1, lr=1e-3, lr_finder=False, lr_slice_ratio=1.0,
-                     trainer={"accelerator": "cpu", "enable_progress_bar": False})
+    s = FoldConfig(fold=0, n_folds=4, schedule=ScheduleSettings(0, 4, batch_size=32),
+                   data=DataSettings(num_workers=1),
+                   model=ModelSettings(lr=1e-3, lr_finder=False, lr_slice_ratio=1.0),
+                   trainer=TrainerSettings(accelerator="cpu", enable_progress_bar=False))
     result = train_fold(tmp_path / "crops", tmp_path / "fold0", s)
     pred = pd.read_csv(tmp_path / "fold0" / "predictions.csv")
     oracle = pd.read_csv(cohort / "oracle.csv").set_index("image_id").loc[pred["image_id"]]

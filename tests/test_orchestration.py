@@ -19,9 +19,11 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
+from hipdisloc.config import to_settings
 from hipdisloc.paths import CONFIG_DIR, PROJECT_ROOT
-from hipdisloc.pipeline import StageConflict, ensure_prepared, run_stage
-from hipdisloc.train import gpu_for_job, normalise_argv
+from hipdisloc.stages.train.job import gpu_for_job
+from hipdisloc.stages.train.upstream import StageConflict, ensure_prepared, run_stage
+from hipdisloc.train import normalise_argv
 
 TINY = ["experiment=demo", "debug=fast", "n_folds=2", "cohort.phantom.n_patients=40",
         "cohort.phantom.image_size=128", "prepare.image_size=128", "prepare.workers=1",
@@ -234,8 +236,9 @@ def test_a_changed_manifest_is_not_paired_with_the_old_prepared_cache(small_phan
     manifest = tmp_path / "manifest.csv"
     rows = pd.read_csv(cohort / "manifest.csv")
     rows.to_csv(manifest, index=False)
-    cfg = compose_train(["cohort=manifest", f"cohort.manifest={manifest}", "cohort.boxes=b.json",
-                         "prepare.image_size=64", "prepare.workers=1"])
+    cfg = to_settings(compose_train(["cohort=manifest", f"cohort.manifest={manifest}",
+                                     "cohort.boxes=b.json", "prepare.image_size=64",
+                                     "prepare.workers=1"]))
     data = tmp_path / "data"
     ensure_prepared(cfg, data, manifest, cohort)
     built = (data / "prepared" / "stage.json").stat().st_mtime_ns

@@ -208,7 +208,7 @@ def test_a_truncated_pack_is_refused_by_name(crops, tmp_path):
 
 
 def test_a_crop_stage_rerun_without_a_pack_removes_the_old_one(small_phantom, crops, tmp_path):
-    from hipdisloc.cropping import CropSettings, crop_all, ground_truth_candidates
+    from hipdisloc.stages.crop import CropSettings, crop_all, ground_truth_candidates
 
     root, _ = small_phantom
     out = tmp_path / "crops"

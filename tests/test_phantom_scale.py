@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from hipdisloc.phantom import CohortSettings, generate
-from hipdisloc.preparation import PrepareSettings, prepare
+from hipdisloc.stages.prepare import PrepareSettings, prepare
 
 PAPER_IMAGES = 92_584
 

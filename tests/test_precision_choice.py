@@ -43,16 +43,17 @@ def test_channels_last_follows_the_resolved_precision():
 def test_the_demo_resolves_to_what_this_machine_supports():
     from hydra import compose, initialize_config_dir
 
+    from hipdisloc.config import to_settings
     from hipdisloc.paths import CONFIG_DIR
-    from hipdisloc.train import fold_settings
+    from hipdisloc.stages.train.job import for_this_machine
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfg = compose("train", overrides=["experiment=demo"], return_hydra_config=True)
     from hydra.core.hydra_config import HydraConfig
 
     HydraConfig.instance().set_config(cfg)
-    s = fold_settings(cfg)
+    s = for_this_machine(to_settings(cfg))
     native = bool(cpu_flags() & {"avx512_bf16", "amx_bf16"}) or (
         torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    assert s.trainer["precision"] == ("bf16-mixed" if native else "32-true")
-    assert s.channels_last is native
+    assert s.trainer.precision == ("bf16-mixed" if native else "32-true")
+    assert s.model.channels_last is native

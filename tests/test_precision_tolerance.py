@@ -1,5 +1,5 @@
 """bf16 autocast (``trainer=gpu`` / ``gpu_fast``: ``precision: bf16-mixed``) keeps the scores of
-an fp32 run within the tolerance stated in the README's benchmark section, on CPU.
+an fp32 run within the tolerance stated in docs/benchmarks.md, on CPU.
 
 tests/test_fast_path.py checks channels_last's logits on an untrained network; here a briefly
 trained network scores phantom-like hip crops (a metal cup, a head inside it or out of it, a
@@ -19,7 +19,7 @@ from hipdisloc.data.classification import normalise
 from hipdisloc.models.classifier import DislocationClassifier
 from hipdisloc.phantom.canvas import Canvas, sphere, tube
 
-# The stated tolerances (README, Benchmarks), against fp32 eager on the same weights and
+# The stated tolerances (docs/benchmarks.md), against fp32 eager on the same weights and
 # images. Measured (2-core x86 CPU, 2026-11-28): here max 0.011, mean 0.003, AUC 1 pair of 256
 # (0.004); on the demo sweep's 1,150 test images (benchmarks/precision_scores.py) max 0.0013,
 # mean 0.0002 (scores near 1; logits within 0.027, i.e. 0.007 for a score near 0.5), AUC 0.0034.

@@ -22,12 +22,12 @@ import torch
 from hipdisloc.io import cache
 from hipdisloc.io.manifest import ManifestError
 from hipdisloc.paths import PROJECT_ROOT
-from hipdisloc.prediction import export as export_mod
-from hipdisloc.prediction.batch import Outputs, PredictSettings, Scorer, predict, score_batch
-from hipdisloc.prediction.hips import GroundTruthBoxes, choose_hips, crop_hip, prepare_image
-from hipdisloc.prediction.inputs import collect_inputs, from_manifest, redact
-from hipdisloc.prediction.study import load_study, operating_point
-from hipdisloc.training import patient_hash
+from hipdisloc.stages.predict import export as export_mod
+from hipdisloc.stages.predict.batch import Outputs, PredictSettings, Scorer, predict, score_batch
+from hipdisloc.stages.predict.hips import GroundTruthBoxes, choose_hips, crop_hip, prepare_image
+from hipdisloc.stages.predict.inputs import collect_inputs, from_manifest, redact
+from hipdisloc.stages.predict.study import load_study, operating_point
+from hipdisloc.stages.train.fold import patient_hash
 
 TINY = ["experiment=demo", "debug=fast", "logger=csv", "n_folds=2",
         "cohort.phantom.n_patients=40", "cohort.phantom.image_size=128",
@@ -184,7 +184,7 @@ def test_a_folder_with_broken_files_gives_error_rows_and_goes_on(trained, tmp_pa
 
 def test_the_ensemble_is_the_fold_models_own_forward_averaged():
     from hipdisloc.models.classifier import DislocationClassifier
-    from hipdisloc.prediction.ensemble import FoldEnsemble, spread
+    from hipdisloc.stages.predict.ensemble import FoldEnsemble, spread
 
     torch.manual_seed(0)
     models = [DislocationClassifier("none").eval() for _ in range(3)]
@@ -200,8 +200,8 @@ def test_the_ensemble_is_the_fold_models_own_forward_averaged():
 
 
 def test_side_known_or_unknown_choice_of_boxes():
-    from hipdisloc.cropping import CropSettings
-    from hipdisloc.prediction.hips import NoHipError
+    from hipdisloc.stages.crop import CropSettings
+    from hipdisloc.stages.predict.hips import NoHipError
 
     s = CropSettings(crop_size=32, min_score=0.5)
     boxes = np.array([[10, 40, 40, 80], [70, 40, 95, 80], [60, 40, 90, 80]], float)
@@ -225,8 +225,8 @@ def test_side_known_or_unknown_choice_of_boxes():
 def test_detector_path_finds_the_boxes_the_crop_stage_finds(trained, tmp_path):
     """Predict's in-memory detection equals the crop stage's detector pass on the prepared
     cache (an untrained detector with a zero score threshold, so that it returns boxes)."""
-    from hipdisloc.cropping import detector_candidates
     from hipdisloc.models.yolov3 import HipDetector
+    from hipdisloc.stages.crop import detector_candidates
 
     sweep, data = trained
     torch.manual_seed(0)
@@ -260,7 +260,7 @@ def test_detector_path_finds_the_boxes_the_crop_stage_finds(trained, tmp_path):
 
 
 def test_calibration_and_operating_point_are_applied(trained, tmp_path):
-    calibration = pytest.importorskip("hipdisloc.report.calibration")
+    calibration = pytest.importorskip("hipdisloc.stages.report.calibration")
     sweep, data = trained
     copy = tmp_path / "sweep"
     copy.mkdir()
@@ -293,7 +293,7 @@ def test_calibration_and_operating_point_are_applied(trained, tmp_path):
 
 
 def test_operating_points_are_read_defensively():
-    from hipdisloc.prediction.study import operating_point_from_record as read
+    from hipdisloc.stages.predict.study import operating_point_from_record as read
 
     assert read({"platt_slope": 1.0}) is None  # a recipe without an operating point
     assert read({"operating_point": 0.3}).applies_to == "calibrated"
@@ -341,7 +341,7 @@ def test_export_matches_eager_and_fails_loudly_when_not(trained, tmp_path, monke
     fold0 = pd.read_csv(sweep / "fold0" / "predictions.csv", dtype={"image_id": str})
     crops = pd.read_csv(data / "crops" / "crops.csv", dtype={"image_id": str})
     rows = fold0.merge(crops[["image_id", "crop_path"]], on="image_id")
-    from hipdisloc.prediction.ensemble import as_batch
+    from hipdisloc.stages.predict.ensemble import as_batch
     x = as_batch([cache.decode(np.asarray(cache.load(data / "crops" / p)))
                   for p in rows["crop_path"]])
     (scores, fold_scores), runtime = export_mod.run_onnx(out / "ensemble.onnx", x)

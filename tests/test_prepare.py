@@ -15,7 +15,7 @@ from scipy.ndimage import binary_dilation
 
 from hipdisloc.geometry import square_resize
 from hipdisloc.io import cache
-from hipdisloc.preparation import PrepareSettings, prepare
+from hipdisloc.stages.prepare import PrepareSettings, prepare
 from tests.test_radiograph_reader import REAL
 
 SETTINGS = PrepareSettings(image_size=96, workers=1)
@@ -149,7 +149,7 @@ def test_cli_runs_and_a_bad_manifest_stops_with_every_error(small_phantom, tmp_p
 
 
 def test_a_killed_run_resumes_where_it_stopped(small_phantom, tmp_path, monkeypatch):
-    import hipdisloc.preparation as stage
+    import hipdisloc.stages.prepare as stage
 
     root, _ = small_phantom
     real = stage._prepare_one

@@ -19,7 +19,7 @@ from hipdisloc.progress import (
     report_line,
     stage_line,
 )
-from hipdisloc.sweep import sweep_size
+from hipdisloc.stages.train.study import sweep_size
 
 
 @pytest.mark.parametrize(("seconds", "text"), [

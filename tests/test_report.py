@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from hipdisloc.paths import PROJECT_ROOT
-from hipdisloc.report.calibration import Recalibration, fit_recalibration
-from hipdisloc.report.saliency import METHODS, attributions, mask_share, overlay
+from hipdisloc.stages.report.calibration import Recalibration, fit_recalibration
+from hipdisloc.stages.report.saliency import METHODS, attributions, mask_share, overlay
 from tests.test_orchestration import TINY, run_train
 
 SECTIONS = ("About this report", "Cohort", "Detector", "Table 2", "Table 3",

@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
 from hipdisloc.metrics import confusion_metrics
-from hipdisloc.report.statistics import (
+from hipdisloc.stages.report.statistics import (
     THRESHOLD_METRICS,
     auc,
     brier,

@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from hipdisloc.metrics import confusion_metrics
-from hipdisloc.report.tables import (
+from hipdisloc.stages.report.tables import (
     METRICS,
     paired_p_value,
     table2,

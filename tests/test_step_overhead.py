@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks import step_overhead
 from hipdisloc.models.classifier import DislocationClassifier
-from hipdisloc.training import (
+from hipdisloc.stages.train.fold import (
     STAGES,
     SelectionRecorder,
     ThrottledRichProgressBar,
@@ -104,7 +104,7 @@ def test_a_disabled_throttled_bar_passes_validation_batches_through():
     the throttle must not ask for its total."""
     from types import SimpleNamespace
 
-    from hipdisloc.training import ThrottledRichProgressBar
+    from hipdisloc.stages.train.fold import ThrottledRichProgressBar
 
     bar = ThrottledRichProgressBar(0.5)
     bar.disable()

@@ -11,7 +11,8 @@ import torch
 
 from hipdisloc.lr_finder import smooth, suggest
 from hipdisloc.metrics import weighted_bce
-from hipdisloc.report.statistics import prior_shift
+from hipdisloc.stages.report.statistics import prior_shift
+from hipdisloc.stages.train.fold import selection_logit
 from hipdisloc.thresholds import (
     ThresholdRule,
     choose_threshold,
@@ -19,7 +20,6 @@ from hipdisloc.thresholds import (
     risk_of_logit,
     training_log_odds,
 )
-from hipdisloc.training import selection_logit
 
 RECIPE = dict(pos_weight=25.0, train_positive_share=0.5, prevalence=0.016)
 

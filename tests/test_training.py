@@ -10,6 +10,14 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from hipdisloc.config import (
+    DataSettings,
+    EvaluationSettings,
+    FoldConfig,
+    ModelSettings,
+    ScheduleSettings,
+    TrainerSettings,
+)
 from hipdisloc.data.classification import (
     ClassificationDataModule,
     CropDataset,
@@ -17,9 +25,13 @@ from hipdisloc.data.classification import (
     oversampled_index,
 )
 from hipdisloc.models.classifier import DislocationClassifier, resnet18
+from hipdisloc.stages.train.fold import (
+    by_sex_metrics,
+    sample_at_prevalence,
+    train_fold,
+)
 from hipdisloc.thresholds import ThresholdRule, choose_threshold
 from hipdisloc.train import expand_ranges
-from hipdisloc.training import FoldSettings, by_sex_metrics, sample_at_prevalence, train_fold
 from tests.conftest import prepare_and_crop
 
 
@@ -130,11 +142,10 @@ def test_sample_at_two_percent_prevalence():
 
 
 def test_one_fold_end_to_end(crops, tmp_path):
-    s = FoldSettings(fold=1, n_folds=2, head_epochs=1, full_epochs=1, batch_size=8,
-                     num_workers=0, lr=1e-3, lr_finder=True, lr_finder_steps=5,
-                     by_sex_draws=20,
-                     trainer={"accelerator": "cpu", "devices": 1,
-                              "enable_progress_bar": False})
+    s = FoldConfig(fold=1, n_folds=2, schedule=ScheduleSettings(1, 1, batch_size=8),
+                   data=DataSettings(num_workers=0), evaluation=EvaluationSettings(by_sex_draws=20),
+                   model=ModelSettings(lr=1e-3, lr_finder=True, lr_finder_steps=5),
+                   trainer=TrainerSettings(accelerator="cpu", enable_progress_bar=False))
     result = train_fold(crops, tmp_path, s)
     saved = json.loads((tmp_path / "test_metrics.json").read_text())
     for key in ("fold", "n_images", "n_positive", "threshold", "threshold_rule", "accuracy",
@@ -175,13 +186,13 @@ def test_lr_finder_tunes_the_unfrozen_stage1_model_after_a_resume(crops, tmp_pat
                                                                   monkeypatch):
     """Stage 1 in one process; the finder in the next (a resume): it must see stage 1's
     weights, every layer trainable, and the discriminative slice in its parameter groups."""
-    import hipdisloc.training as training
-    from hipdisloc.training import STAGES, FoldRun
+    import hipdisloc.stages.train.fold as training
+    from hipdisloc.stages.train.fold import STAGES, FoldRun
 
-    s = FoldSettings(fold=0, n_folds=2, head_epochs=1, full_epochs=1, batch_size=8,
-                     num_workers=0, lr=1e-3, lr_finder=True, lr_finder_steps=4,
-                     trainer={"accelerator": "cpu", "devices": 1,
-                              "enable_progress_bar": False})
+    s = FoldConfig(fold=0, n_folds=2, schedule=ScheduleSettings(1, 1, batch_size=8),
+                   data=DataSettings(num_workers=0),
+                   model=ModelSettings(lr=1e-3, lr_finder=True, lr_finder_steps=4),
+                   trainer=TrainerSettings(accelerator="cpu", enable_progress_bar=False))
     first = FoldRun(crops, tmp_path, s)
     first.stage1()
     stage1 = torch.load(tmp_path / "checkpoints" / STAGES[0] / "last.ckpt",
@@ -207,7 +218,7 @@ def test_lr_finder_tunes_the_unfrozen_stage1_model_after_a_resume(crops, tmp_pat
     resumed.lr_for_stage2()
     assert seen["weights_equal"] and seen["all_trainable"]
     assert len(seen["ratios"]) == 5 and seen["ratios"][-1] == 1.0
-    assert seen["ratios"][0] == pytest.approx(1 / s.lr_slice_ratio)
+    assert seen["ratios"][0] == pytest.approx(1 / s.model.lr_slice_ratio)
     assert seen["after"]  # the finder restores what it trained
 
 

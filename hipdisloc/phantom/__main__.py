@@ -5,29 +5,16 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from hipdisloc.config import PhantomCommand, to_settings
 from hipdisloc.paths import CONFIG_DIR
 from hipdisloc.phantom.cohort import generate
-from hipdisloc.phantom.population import CohortSettings
-from hipdisloc.phantom.risk import RiskCoefficients
-
-
-def settings_from_config(cfg: DictConfig) -> CohortSettings:
-    return CohortSettings(
-        n_patients=int(cfg.n_patients),
-        prevalence=float(cfg.prevalence),
-        bilateral_rate=float(cfg.bilateral_rate),
-        images_per_tha=float(cfg.images_per_tha),
-        same_day_image_rate=float(cfg.same_day_image_rate),
-        post_dislocation_image_rate=float(cfg.post_dislocation_image_rate),
-        risk=RiskCoefficients(**{k: float(v) for k, v in cfg.risk.items()}),
-    )
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="phantom")
 def main(cfg: DictConfig) -> None:
-    summary = generate(cfg.out_dir, settings_from_config(cfg), seed=int(cfg.seed),
-                       image_size=int(cfg.image_size), workers=int(cfg.workers),
-                       overwrite=bool(cfg.overwrite))
+    c: PhantomCommand = to_settings(cfg)
+    summary = generate(c.out_dir, c, seed=c.seed, image_size=c.image_size, workers=c.workers,
+                       overwrite=c.overwrite)
     print(
         f"phantom (synthetic, not patient data): {summary.n_images} radiographs of "
         f"{summary.n_thas} THAs in {summary.n_patients} patients -> {summary.out_dir}\n"

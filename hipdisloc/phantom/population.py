@@ -25,7 +25,7 @@ FIRST_SURGERY = np.datetime64("2000-01-01")
 SURGERY_SPAN_DAYS = 18 * 365
 
 
-@dataclass(frozen=True)
+@dataclass
 class CohortSettings:
     n_patients: int = 200
     prevalence: float = 0.016  # image-level share of images from hips that later dislocated

@@ -22,7 +22,7 @@ from scipy.optimize import brentq
 from scipy.special import expit
 
 
-@dataclass(frozen=True)
+@dataclass
 class RiskCoefficients:
     """Log-odds per unit of each risk term (see :func:`image_terms`, :func:`clinical_terms`)."""
 
