@@ -105,9 +105,10 @@ def item_costs(crops_dir: Path, n: int, batch_size: int) -> dict:
     torch and one OpenCV thread (a DataLoader worker's share), over ``n`` items fetched a batch
     at a time as a worker fetches them: ``read`` the crop's integers (a slice of the memory-
     mapped pack, copied), ``decode`` uint16 -> float32, ``augment`` the training augmentation
-    (one warp), ``normalise`` per-image mean/std into the batch tensor, ``batch`` the batch
-    tensor's allocation (here in private memory: a worker's shared-memory allocation costs more,
-    and is in the loader rates above) and the label and position tensors, per item; ``sum`` the
+    (its generator, seeded from the item, and one warp), ``normalise`` per-image mean/std into
+    the batch tensor, ``batch`` the batch tensor's allocation (here in private memory: a
+    worker's shared-memory allocation costs more, and is in the loader rates above) and the
+    label and position tensors, per item; ``sum`` the
     steps' total, ``getitems`` the whole __getitems__ timed apart over the same batches (to
     check the split)."""
     default_threads, torch_threads = cv2.getNumThreads(), torch.get_num_threads()
@@ -134,7 +135,7 @@ def item_costs(crops_dir: Path, n: int, batch_size: int) -> dict:
             t1 = clock()
             image = cache.decode(stored)
             t2 = clock()
-            image = ds.augment(image)
+            image = ds.augment(image, np.random.default_rng([*ds.stream, row]))  # + its draw
             t3 = clock()
             normalise(image, images[k, 0].numpy())
             t4 = clock()

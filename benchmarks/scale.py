@@ -85,7 +85,7 @@ def run_task(task: str, csv: Path) -> dict:
         out["subsets"] = subsets.value_counts().to_dict()
     elif task == "oversample":
         ds = CropDataset(table, csv.parent, augment="none")
-        keys = list(OversampledSampler(ds.labels, shuffle=True, seed=0))
+        keys = [key for key, _ in OversampledSampler(ds.labels, shuffle=True, seed=0)]
         out["epoch"] = len(keys)
         out["positives"] = float(np.mean([ds.labels[ds.row_of(k)[0]] for k in keys]))
     elif task == "datamodule_setup":

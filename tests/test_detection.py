@@ -116,3 +116,25 @@ def test_a_short_training_run_learns(tmp_path):
     trained = trainer.test(model, dm, verbose=False)[0]["test/mAP50_all"]
     print(f"\nmAP@0.5 untrained {untrained:.3f} -> trained {trained:.3f}")
     assert untrained < 0.2 and trained > untrained + 0.4
+
+
+def test_a_rerun_detector_stage_trains_the_same_detector(prepared, tmp_path):
+    """A killed detector stage runs again from its start (it has no stage.json): seeded from
+    the study's seed alone, it trains the same weights, whatever ran before in the process."""
+    from hipdisloc.config import DetectorData, DetectorSettings, DetectorTrainer
+    from hipdisloc.stages.detect import train_detector
+
+    root, out = prepared
+    settings = DetectorSettings(
+        data=DetectorData(input_size=64, batch_size=4, num_workers=1, max_images=24),
+        trainer=DetectorTrainer(max_epochs=1, accelerator="cpu", enable_progress_bar=False,
+                                enable_model_summary=False))
+    weights = []
+    for run, noise in enumerate((1, 2)):
+        torch.manual_seed(noise)  # the process's state before the stage differs
+        np.random.seed(noise)  # noqa: NPY002 - the global state, perturbed on purpose
+        train_detector(out, root / "boxes.json", tmp_path / f"run{run}", settings, seed=4)
+        weights.append(torch.load(tmp_path / f"run{run}" / "detector.pt",
+                                  weights_only=True)["state_dict"])
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

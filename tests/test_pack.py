@@ -105,13 +105,14 @@ def test_packed_batches_equal_file_reads_one_item_at_a_time(crops, workers):
                                   num_workers=workers, augment="all")
     dm.ensure_pack()
     dm.setup()
-    torch.manual_seed(7)  # the workers' seeds, and so their augmentation draws
-    packed = list(dm.train_dataloader())
-    assert dm.train_dataloader().dataset.pack is not None
-    ds = CropDataset(dm.subset("train"), crops, augment="all")  # files
+    torch.manual_seed(7)  # the global generator (and the workers' seeds) play no part:
+    packed = list(dm.train_dataloader())  # each item's draw comes from its place in the run
+    loaded = dm.train_dataloader().dataset
+    assert loaded.pack is not None and loaded.stream == (dm.seed, dm.fold, 0)
+    ds = CropDataset(dm.subset("train"), crops, augment="all", stream=loaded.stream)  # files
     assert ds.pack is None
     sampler = OversampledSampler(ds.labels, shuffle=True, seed=dm.seed)
-    torch.manual_seed(7)
+    torch.manual_seed(8)
     reference = list(DataLoader(OneItemAtATime(ds), batch_size=8, sampler=sampler,
                                 drop_last=True, num_workers=workers))
     assert len(packed) == len(reference) > 2

@@ -62,7 +62,7 @@ def test_oversampling_has_no_favourites():
     epochs = 700
     for epoch in range(epochs):
         sampler.set_epoch(epoch)
-        keys = np.array(list(sampler))
+        keys = np.array([key for key, _ in sampler])
         assert len(keys) == 200 and (labels[keys % len(labels)] == 1).sum() == 100
         counts += np.bincount(keys % len(labels), minlength=len(labels))
     per_positive = counts[100:] / epochs - 1  # copies per epoch
@@ -80,12 +80,19 @@ def test_ddp_shards_are_disjoint_and_cover_the_epoch():
     shards = [list(OversampledSampler(labels, num_replicas=4, rank=r, seed=1))
               for r in range(4)]
     assert len({len(s) for s in shards}) == 1  # equal shares
-    flat = [i for s in shards for i in s]
+    flat = [key for s in shards for key, _ in s]
     assert set(flat) == set(range(101)) and len(flat) - len(set(flat)) == 3  # padding only
+    # every item of the epoch has its own augmentation draw, whatever the number of ranks
+    draws = [draw for s in shards for _, draw in s]
+    assert sorted(draws) == list(range(104))
+    one_rank = list(OversampledSampler(labels, num_replicas=1, seed=1))
+    assert {d: k for s in shards for k, d in s if d < 101} == {d: k for k, d in one_rank}
     sampler = OversampledSampler(np.zeros(50, int), seed=1)
-    first = list(sampler)
+    first = [key for key, _ in sampler]
     sampler.set_epoch(1)
-    assert list(sampler) != first and sorted(list(sampler)) == sorted(first)
+    second = list(sampler)
+    assert [key for key, _ in second] != first and sorted(k for k, _ in second) == sorted(first)
+    assert [draw for _, draw in second] == list(range(50, 100))  # draws number the run's items
 
 
 def test_training_augments_every_item_and_validation_none(crops):
@@ -97,20 +104,25 @@ def test_training_augments_every_item_and_validation_none(crops):
     original = int(keys[0])
     copy = int(keys[-1])
     assert ds.row_of(original) == (0, False) and ds.row_of(copy)[1]
-    # originals and copies alike: "augmented" must not tell the classes apart
-    assert not torch.equal(ds[original][0], ds[original][0])
-    assert not torch.equal(ds[copy][0], ds[copy][0])
-    only_copies = CropDataset(train, crops, augment="copies")
-    assert torch.equal(only_copies[original][0], only_copies[original][0])
-    assert not torch.equal(only_copies[copy][0], only_copies[copy][0])
     plain = CropDataset(train, crops, augment="none")
+    # originals and copies alike: "augmented" must not tell the classes apart; each draw its
+    # own warp, the same draw the same warp
+    for key in (original, copy):
+        assert not torch.equal(ds[(key, 1)][0], plain[key][0])
+        assert not torch.equal(ds[(key, 1)][0], ds[(key, 2)][0])
+        assert torch.equal(ds[(key, 1)][0], ds[(key, 1)][0])
+    other_stage = CropDataset(train, crops, augment="all", stream=(0, 0, 1))
+    assert not torch.equal(ds[(original, 1)][0], other_stage[(original, 1)][0])
+    only_copies = CropDataset(train, crops, augment="copies")
+    assert torch.equal(only_copies[(original, 1)][0], plain[original][0])
+    assert not torch.equal(only_copies[(copy, 1)][0], plain[copy][0])
     x = plain[original][0]
-    assert torch.equal(x, plain[original][0])
+    assert torch.equal(x, plain[(original, 5)][0])  # unaugmented: the draw does not matter
     assert abs(float(x.mean())) < 1e-4 and abs(float(x.std()) - 1) < 0.01  # per-image norm
     val = dm.val_dataloader()
     assert val.dataset.augment is None
     # validation images each once, at their real prevalence
-    assert sorted(val.sampler) == list(range(len(dm.subset("val"))))
+    assert sorted(key for key, _ in val.sampler) == list(range(len(dm.subset("val"))))
     with pytest.raises(ValueError, match="augment must be one of"):
         CropDataset(train, crops, augment="yes")
 

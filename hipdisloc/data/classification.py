@@ -73,11 +73,16 @@ def epoch_length(labels: np.ndarray, oversample: bool) -> int:
 
 
 class OversampledSampler(Sampler):
-    """The keys of an epoch, shuffled per epoch, split disjointly across ranks.
+    """The items of an epoch, shuffled per epoch, split disjointly across ranks.
 
-    A key is a row of the dataset (``key < n``) or, for an oversampled copy, ``n + row``
-    (:meth:`CropDataset.row_of`). With ``oversample`` the copies are drawn afresh each epoch
-    from (``seed``, epoch) (:func:`oversampled_index`); without it an epoch is every row once.
+    An item is ``(key, draw)``. A key is a row of the dataset (``key < n``) or, for an
+    oversampled copy, ``n + row`` (:meth:`CropDataset.row_of`). With ``oversample`` the copies
+    are drawn afresh each epoch from (``seed``, epoch) (:func:`oversampled_index`); without it an
+    epoch is every row once. ``draw`` numbers the item's place in the whole run (epoch x epoch
+    length + position, before sharding: the same with any number of ranks). The dataset draws
+    the item's augmentation from it, so what an epoch sees depends on (seed, epoch, position)
+    alone, not on which process or worker reads it, nor on what ran before in the process (a
+    resumed fold sees what an uninterrupted one saw).
     """
 
     def __init__(self, labels: np.ndarray, oversample: bool = True, num_replicas: int = 1,
@@ -105,7 +110,10 @@ class OversampledSampler(Sampler):
         order = (np.random.default_rng([self.seed, self.epoch]).permutation(self.length)
                  if self.shuffle else np.arange(self.length))
         padded = np.resize(keys[order], self.per_rank * self.num_replicas)  # equal shares (DDP)
-        return iter(padded[self.rank::self.num_replicas].tolist())
+        draws = self.epoch * self.length + np.arange(len(padded))  # (DDP padding: the next
+        # epoch's first draws, a few items at most)
+        mine = slice(self.rank, None, self.num_replicas)
+        return zip(padded[mine].tolist(), draws[mine].tolist(), strict=True)
 
     def __len__(self) -> int:
         return self.per_rank
@@ -125,20 +133,20 @@ class FlipRotateZoom:
     """The paper's training augmentation in one warp: a horizontal flip (p 0.5), a rotation
     drawn in ±``rotate`` degrees and a zoom in [1, 1 + ``zoom``], bilinear, zero outside the
     image (the distribution of albumentations' HorizontalFlip + Affine, in one
-    ``cv2.warpAffine`` instead of two passes). Draws come from torch's generator, which
-    DataLoader seeds per worker from the run's seed."""
+    ``cv2.warpAffine`` instead of two passes). Each item's parameters come from the generator
+    it is given (:class:`CropDataset`: one per item, seeded from its place in the run)."""
 
     def __init__(self, zoom: float = 0.10, rotate: float = 10.0, flip_p: float = 0.5):
         self.zoom, self.rotate, self.flip_p = zoom, rotate, flip_p
 
-    def draw(self) -> tuple[float, float, bool]:
+    def draw(self, rng: np.random.Generator) -> tuple[float, float, bool]:
         """(angle in degrees, scale, flip) of one item."""
-        flip, angle, scale = torch.rand(3).tolist()
+        flip, angle, scale = rng.random(3).tolist()
         return (2 * angle - 1) * self.rotate, 1 + scale * self.zoom, flip < self.flip_p
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         height, width = image.shape[:2]
-        matrix = affine_matrix(width, height, *self.draw())
+        matrix = affine_matrix(width, height, *self.draw(rng))
         return cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
@@ -176,21 +184,30 @@ def already_collated(batch):
 AUGMENT_CHOICES = ("all", "copies", "none")
 
 
+def _key_and_draw(item: int | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(item, tuple | list):
+        return int(item[0]), int(item[1])
+    return int(item), int(item)
+
+
 class CropDataset(Dataset):
     """Items: (image float32 (1, S, S), label float32, key). One channel: the model repeats it
     (DislocationClassifier.forward), after the copy to the device.
 
-    A key is a table row, or ``n + row`` for an oversampled copy of it (what
-    :class:`OversampledSampler` yields; :meth:`row_of`). ``augment``: ``all`` (every item,
-    random), ``copies`` (only the oversampled copies: a label shortcut, kept for ablations) or
-    ``none``. ``pack``: read crops from the crops directory's pack instead of one file each. A
-    DataLoader gets whole batches from :meth:`__getitems__` (use
+    An item is ``(key, draw)`` (what :class:`OversampledSampler` yields) or a key alone (its
+    draw is then the key). A key is a table row, or ``n + row`` for an oversampled copy of it
+    (:meth:`row_of`); the augmentation of an item is drawn from a generator seeded with
+    (``stream``, draw): the same item gets the same warp in any process. ``augment``: ``all``
+    (every item, random), ``copies`` (only the oversampled copies: a label shortcut, kept for
+    ablations) or ``none``. ``pack``: read crops from the crops directory's pack instead of one
+    file each. A DataLoader gets whole batches from :meth:`__getitems__` (use
     ``collate_fn=already_collated``); ``batch_dtype`` ``float16`` rounds their images (computed
     in float32) to half the bytes to move, for bf16 training on a GPU.
     """
 
     def __init__(self, table: pd.DataFrame, root: str | Path, augment: str = "none",
-                 pack: PackIndex | None = None, batch_dtype: str = "float32"):
+                 pack: PackIndex | None = None, batch_dtype: str = "float32",
+                 stream: tuple[int, ...] = (0,)):
         if batch_dtype not in BATCH_DTYPES:
             raise ValueError(f"batch_dtype must be one of {tuple(BATCH_DTYPES)}, got "
                              f"{batch_dtype!r}")
@@ -206,6 +223,7 @@ class CropDataset(Dataset):
         self.pack = pack
         self.pack_rows = pack.rows_of(self.table["crop_path"]) if pack is not None else None
         self._pack_array: np.ndarray | None = None  # opened in the process that reads
+        self.stream = tuple(int(s) for s in stream)  # (seed, fold, stage) in a fold
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_pack_array": None}  # workers map the pack themselves
@@ -226,12 +244,13 @@ class CropDataset(Dataset):
             self._pack_array = open_array(self.pack)
         return self._pack_array[self.pack_rows[row]]
 
-    def _image(self, is_copy: bool, stored: np.ndarray, out: torch.Tensor | None) -> np.ndarray:
+    def _image(self, is_copy: bool, stored: np.ndarray, out: torch.Tensor | None,
+               draw: int) -> np.ndarray:
         """The item's normalised float32 image, written into ``out`` when given (float16:
         rounded by torch's vectorised conversion)."""
         image = cache.decode(stored)
         if self.augment is not None and (is_copy or not self.augment_copies_only):
-            image = self.augment(image)
+            image = self.augment(image, np.random.default_rng([*self.stream, draw]))
         if out is None or out.dtype != torch.float32:
             image = normalise(image)
             if out is not None:
@@ -239,25 +258,27 @@ class CropDataset(Dataset):
             return image
         return normalise(image, out.numpy())
 
-    def __getitem__(self, key: int):
+    def __getitem__(self, item: int | tuple[int, int]):
+        key, draw = _key_and_draw(item)
         row, is_copy = self.row_of(key)
-        image = self._image(is_copy, self.stored(row), None)
+        image = self._image(is_copy, self.stored(row), None, draw)
         return torch.from_numpy(image)[None], torch.tensor(self.labels[row]), key
 
-    def __getitems__(self, keys: list[int]):
-        """The batch of ``keys`` as (images (B, 1, S, S), labels (B,), keys (B,)): what
-        default_collate makes of the items, built in place."""
+    def __getitems__(self, items: list[int | tuple[int, int]]):
+        """The batch of ``items`` as (images (B, 1, S, S), labels (B,), keys (B,)): what
+        default_collate makes of them, built in place."""
         images = None
-        rows = np.empty(len(keys), dtype=np.int64)
-        for k, key in enumerate(keys):
+        keys = np.empty(len(items), dtype=np.int64)
+        rows = np.empty(len(items), dtype=np.int64)
+        for k, item in enumerate(items):
+            key, draw = _key_and_draw(item)
             row, is_copy = self.row_of(key)
-            rows[k] = row
+            keys[k], rows[k] = key, row
             stored = self.stored(row)
             if images is None:
-                images = batch_buffer((len(keys), 1, *stored.shape), self.batch_dtype)
-            self._image(is_copy, stored, images[k, 0])
-        return (images, torch.from_numpy(self.labels[rows]),
-                torch.as_tensor(keys, dtype=torch.int64))
+                images = batch_buffer((len(items), 1, *stored.shape), self.batch_dtype)
+            self._image(is_copy, stored, images[k, 0], draw)
+        return images, torch.from_numpy(self.labels[rows]), torch.from_numpy(keys)
 
 
 class ClassificationDataModule(pl.LightningDataModule):
@@ -273,6 +294,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.packed = packed
         self.batch_dtype = batch_dtype
         self.evaluate_subset = "test"  # what test_dataloader serves: test | non_training
+        self.augment_stream = 0  # the training stage (FoldRun): its own augmentation draws
+        self.first_epoch = 0  # the epoch a training loader starts at (FoldRun: a resumed fit's)
         self.table: pd.DataFrame | None = None
 
     def ensure_pack(self) -> None:
@@ -322,12 +345,15 @@ class ClassificationDataModule(pl.LightningDataModule):
         # DislocationClassifier weighs the validation loss as they would (oversample_val)
         ds = CropDataset(self.subset(name), self.crops_dir,
                          augment=self.augment if train else "none", pack=self.pack_index(),
-                         batch_dtype=self.batch_dtype)
+                         batch_dtype=self.batch_dtype,
+                         stream=(self.seed, self.fold, self.augment_stream))
         trainer = getattr(self, "trainer", None)
         replicas = trainer.world_size if trainer is not None else 1
         rank = trainer.global_rank if trainer is not None else 0
         sampler = OversampledSampler(ds.labels, oversample=train, num_replicas=replicas,
                                      rank=rank, shuffle=train, seed=self.seed)
+        if train:  # Lightning makes a fit's first iterator before it sets the sampler's epoch
+            sampler.set_epoch(self.first_epoch)  # (a resumed fit starts at first_epoch, not 0)
         # training drops a last partial batch: a batch of one breaks BatchNorm
         drop_last = train and len(sampler) > self.batch_size
         return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=drop_last,

@@ -9,6 +9,7 @@ moves a hip to the other half of the image, and "hip" stays "hip".
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import albumentations as A
@@ -52,7 +53,9 @@ def load_boxes(boxes_json: str | Path, prepared: pd.DataFrame,
     return pd.DataFrame(rows)
 
 
-def train_augmentation(size: int) -> A.Compose:
+def train_augmentation(size: int, seed: int = 0) -> A.Compose:
+    """Flip, affine, brightness/contrast, resize. Albumentations draws from its own generator
+    (not numpy's or torch's global one): seeded here, and per worker by :func:`seed_worker`."""
     return A.Compose(
         [A.HorizontalFlip(p=0.5),
          A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-5, 5), p=0.7),
@@ -60,7 +63,16 @@ def train_augmentation(size: int) -> A.Compose:
          A.Resize(size, size)],
         bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"],
                                  min_visibility=0.5, clip=True),
+        seed=seed,
     )
+
+
+def seed_worker(seed: int, worker_id: int) -> None:
+    """A DataLoader worker's augmentation stream, from (seed, worker): a rerun detector stage
+    draws what the first run drew, whatever else ran before in its process."""
+    dataset = torch.utils.data.get_worker_info().dataset
+    state = np.random.SeedSequence([seed, worker_id]).generate_state(1)[0]
+    dataset.transform.set_random_seed(int(state))
 
 
 def eval_transform(size: int) -> A.Compose:
@@ -135,12 +147,13 @@ class DetectionDataModule(pl.LightningDataModule):
 
     def _loader(self, subset: str, train: bool) -> DataLoader:
         rows = self.table[self.table["subset"] == subset]
-        transform = train_augmentation(self.input_size) if train else eval_transform(
+        transform = train_augmentation(self.input_size, self.seed) if train else eval_transform(
             self.input_size)
         ds = DetectionDataset(rows, self.prepared_dir, transform, self.input_size)
         return DataLoader(ds, batch_size=self.batch_size, shuffle=train, collate_fn=collate,
                           num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+                          persistent_workers=self.num_workers > 0,
+                          worker_init_fn=partial(seed_worker, self.seed) if train else None)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

@@ -135,6 +135,13 @@ class FoldProgress(pl.Callback):
                        self.study.eta(elapsed) if self.study is not None else None))
 
 
+def resumed_epoch(checkpoint: Path) -> int:
+    """The epoch a fit resumed from ``checkpoint`` (a :class:`LastEpochCheckpoint`) starts at:
+    the number of epochs it had processed."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    return int(state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+
+
 class LastEpochCheckpoint(pl.Callback):
     """``last.ckpt`` (weights, optimiser, loop state) at the end of every training epoch,
     replaced atomically: what a killed fold resumes from."""
@@ -333,6 +340,12 @@ class FoldRun:
         progress = self.ckpt_dir / "progress.json"
         self.progress = json.loads(progress.read_text()) if progress.is_file() else {}
 
+    def _data_for(self, stage: str, first_epoch: int) -> None:
+        """The training batches of ``stage`` from ``first_epoch`` on: the stage's own
+        augmentation draws, and the epoch a (resumed) fit starts at."""
+        self.dm.augment_stream = STAGES.index(stage)
+        self.dm.first_epoch = first_epoch
+
     def _save_progress(self, **values) -> None:
         self.progress.update(values)
         if rank_zero_only.rank == 0:
@@ -347,6 +360,7 @@ class FoldRun:
     def _fit(self, stage: str, epochs: int) -> pl.Trainer:
         last = self.ckpt_dir / stage / "last.ckpt"
         resume = str(last) if self.s.callbacks.resume and last.is_file() else None
+        self._data_for(stage, resumed_epoch(last) if resume else 0)
         if resume:
             log.info("%s: resuming from %s", stage, resume)
         trainer = self._trainer(stage, epochs)
@@ -386,6 +400,7 @@ class FoldRun:
             # one process on one device; under DDP rank 0 finds the rate and broadcasts it
             single = {k: v for k, v in trainer_arguments(self.s.trainer).items()
                       if k in ("accelerator", "precision")}
+            self._data_for(STAGES[1], 0)  # the finder's batches: stage 2's first epoch's
             curve = find_lr(self.model, self.dm,
                             dict(default_root_dir=self.out / f".lr_find{rank_zero_only.rank}",
                                  use_distributed_sampler=False, devices=1, **single),
