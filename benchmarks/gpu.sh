@@ -10,7 +10,8 @@
 # Measures (benchmarks/gpu_bench.py has the details): classifier training images/s at 224 px in
 # bf16 autocast with channels_last, ResNet18, batch 64/128/256, plain loop and through Lightning
 # (ratio, target >= 0.97); head stage and inference rates; what fp32 / bf16 / channels_last each
-# give; the classification data pipeline with 16 workers (samples/s, per worker; target >= 2,000
+# give; data.on_device (batches made on the GPU: alone, and Lightning end to end, head and all
+# layers) and 1, 2, 4 fold jobs sharing the GPU; the classification data pipeline with 16 workers (samples/s, per worker; target >= 2,000
 # per worker) against flip + rotate alone (run after the loader, not before forking its workers);
 # Lightning + our data module (pinned) + DislocationClassifier(channels_last=True) end to end;
 # torch.compile; the projected wall time of the paper's 10-fold study (92,584 images, ~160,000
@@ -47,10 +48,10 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 start=$(date +%s)
 if [ -n "$dry" ]; then
   budget=${GPU_BENCH_BUDGET_S:-200}; reserve=10; floor=5
-  caps=(train:60 data:40 e2e:40 compile:40)
+  caps=(train:60 ondevice:40 share:60 data:40 e2e:40 compile:40)
 else
   budget=${GPU_BENCH_BUDGET_S:-450}; reserve=20; floor=30
-  caps=(train:150 data:90 e2e:90 compile:100)
+  caps=(train:120 ondevice:70 share:80 data:60 e2e:60 compile:60)
 fi
 
 say() { echo "[$(date +%T) +$(( $(date +%s) - start ))s] $*" | tee -a "$log"; }

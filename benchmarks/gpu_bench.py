@@ -37,7 +37,7 @@ import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-SECTIONS = ("train", "data", "e2e", "compile")
+SECTIONS = ("train", "ondevice", "share", "data", "e2e", "compile")
 
 # The paper's study (Rouzrokh et al. 2021): 92,584 images, 10 folds, 15 head + 5 full epochs.
 # An oversampled training epoch holds ~160,000 samples (9/10 of the images, normals once and
@@ -209,6 +209,132 @@ def section_e2e(s: Settings, rec: Recorder, workdir: Path) -> None:
     rec.attempt(f"end to end all {label}, no channels_last", measure, "all", False)
 
 
+def section_ondevice(s: Settings, rec: Recorder, workdir: Path) -> None:
+    """``data.on_device``: the pack resident on the device, batches gathered, warped and
+    normalised there (hipdisloc.data.on_device). The batches alone, then Lightning fitting the
+    data module with them (head and all layers, bf16 + channels_last), with no workers."""
+    import torch
+
+    from benchmarks import train_throughput as tt
+    from benchmarks.synthetic import write_crops_dir
+    from hipdisloc.data.classification import ClassificationDataModule
+
+    device = torch.device(s.device)
+    crops = write_crops_dir(workdir / "crops", (s.warmup + s.e2e_steps + 4) * s.big_batch,
+                            n_files=256, size=s.size)
+
+    def data_module() -> ClassificationDataModule:
+        dm = ClassificationDataModule(str(crops), fold=0, n_folds=10, seed=0,
+                                      batch_size=s.big_batch, num_workers=0, augment="all",
+                                      on_device=True)
+        dm.ensure_pack()
+        dm.setup()
+        return dm
+
+    def batches_alone() -> dict:
+        dm = data_module()
+        loader = dm._device_loader(*_train_parts(dm), device)
+        start, n = None, 0
+        for i, (images, _, _) in enumerate(loader):
+            if i == s.warmup:
+                _sync(device)
+                start = time.perf_counter()
+            elif i > s.warmup:
+                n += len(images)
+            if i >= s.warmup + s.steps:
+                break
+        _sync(device)
+        return {"batch_size": s.big_batch, "resident_mb": loader.crops.nbytes / 2**20,
+                "images_per_s": n / (time.perf_counter() - start)}
+
+    def measure(stage: str) -> dict:
+        rate = tt.lightning_rate(data_module(), s.e2e_steps, s.warmup, stage, device, True, True,
+                                 workdir / f"ondevice_{stage}")
+        return {"stage": stage, "batch_size": s.big_batch, "workers": 0,
+                "lightning_datamodule_images_per_s": rate}
+
+    rec.attempt(f"on-device batches b{s.big_batch}", batches_alone)
+    rec.attempt(f"on device head b{s.big_batch}", measure, "head")
+    rec.attempt(f"on device all b{s.big_batch}", measure, "all")
+
+
+def section_share(s: Settings, rec: Recorder, workdir: Path) -> None:
+    """Folds sharing one device: 1, 2 and 4 (dry run: 1 and 2) processes at once, each fitting
+    the on-device data module on all layers as a fold job does; the summed images/s of the jobs
+    against one job's. CUDA MPS is used when its daemon runs (never started here: the machine's
+    settings are left as they are)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from benchmarks.synthetic import write_crops_dir
+
+    crops = write_crops_dir(workdir / "crops", (s.warmup + s.e2e_steps + 4) * s.big_batch,
+                            n_files=256, size=s.size)
+    mps = shutil.which("nvidia-cuda-mps-control") is not None and any(
+        "nvidia-cuda-mps" in p.read_text(errors="ignore")
+        for p in Path("/proc").glob("[0-9]*/comm") if p.is_file())
+
+    def measure(jobs: int) -> dict:
+        cmd = [sys.executable, "-m", "benchmarks.gpu_bench", "share_job", "--out",
+               str(workdir / f"share{jobs}"), "--crops", str(crops),
+               *(["--dry-run"] if s.device == "cpu" else [])]
+        start = time.perf_counter()
+        procs = [subprocess.Popen([*cmd, "--job", str(j)]) for j in range(jobs)]
+        codes = [p.wait() for p in procs]
+        wall = time.perf_counter() - start
+        if any(codes):
+            raise RuntimeError(f"share jobs exited {codes}")
+        rates = [json.loads((workdir / f"share{jobs}" / f"job{j}.json").read_text())["rate"]
+                 for j in range(jobs)]
+        return {"jobs": jobs, "mps": mps, "wall_s": wall, "per_job_images_per_s": min(rates),
+                "images_per_s": sum(rates)}
+
+    for jobs in ((1, 2) if s.device == "cpu" else (1, 2, 4)):
+        rec.attempt(f"{jobs} fold job(s) sharing the device", measure, jobs)
+    rows = [r for r in rec.data["results"] if "jobs" in r]
+    if rows:
+        one = rows[0]["images_per_s"]
+        for r in rows:
+            r["ratio"] = r["images_per_s"] / one
+        rec.save()
+
+
+def share_job(s: Settings, out: Path, crops: Path, job: int) -> None:
+    """One of section_share's processes: the on-device data module fitted on all layers."""
+    import torch
+
+    from benchmarks import train_throughput as tt
+    from hipdisloc.data.classification import ClassificationDataModule
+
+    dm = ClassificationDataModule(str(crops), fold=job % 10, n_folds=10, seed=0,
+                                  batch_size=s.big_batch, num_workers=0, augment="all",
+                                  on_device=True)
+    dm.ensure_pack()
+    dm.setup()
+    rate = tt.lightning_rate(dm, s.e2e_steps, s.warmup, "all", torch.device(s.device), True,
+                             True, out / f"job{job}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"job{job}.json").write_text(json.dumps({"job": job, "rate": rate}))
+
+
+def _train_parts(dm):
+    """(dataset, sampler, drop_last) of a data module's training loader, without the loader."""
+    from hipdisloc.data.classification import CropDataset, OversampledSampler
+
+    ds = CropDataset(dm.subset("train"), dm.crops_dir, augment="all", pack=dm.pack_index(),
+                     stream=(dm.seed, dm.fold, 0))
+    sampler = OversampledSampler(ds.labels, seed=dm.seed)
+    return ds, sampler, len(sampler) > dm.batch_size
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def section_compile(s: Settings, rec: Recorder, workdir: Path) -> None:
     import torch
 
@@ -306,13 +432,26 @@ def summarise(out: Path, status: dict[str, str], s: Settings) -> dict:
                              "lightning_datamodule_images_per_s"),
              "e2e_all_no_channels_last": rate(
                  "e2e", f"end to end all b{big} {w} workers, no channels_last",
-                 "lightning_datamodule_images_per_s")}
+                 "lightning_datamodule_images_per_s"),
+             "on_device_head": rate("ondevice", f"on device head b{big}",
+                                    "lightning_datamodule_images_per_s"),
+             "on_device_all": rate("ondevice", f"on device all b{big}",
+                                   "lightning_datamodule_images_per_s")}
+    shared = [r for r in sections["share"]["results"] if "jobs" in r]
+    best = max(shared, key=lambda r: r["images_per_s"]) if shared else None
     projection = {"components": project(rates["head"], rates["full"], rates["eval"],
                                         rates["data"])}
     if rates["e2e_head"]:
         projection["end_to_end"] = project(rates["head"], rates["full"], rates["eval"],
                                            rates["e2e_head"], full_data_rate=rates["e2e_all"])
-    headline = "end_to_end" if "end_to_end" in projection else "components"
+    if rates["on_device_head"]:  # data.on_device: the model's rate with its own data path
+        projection["on_device"] = project(rates["on_device_head"], rates["on_device_all"],
+                                          rates["eval"], None)
+        if best is not None and projection["on_device"]["total_hours"] is not None:
+            projection["on_device"]["best_jobs_per_device"] = best["jobs"]
+            projection["on_device"]["total_hours_sharing"] = (
+                projection["on_device"]["total_hours"] / best["ratio"])
+    headline = next(k for k in ("on_device", "end_to_end", "components") if k in projection)
     return {"settings": asdict(s), "status": status, "paper": PAPER, "rates": rates,
             "headline": headline, "projection": projection, "sections": sections}
 
@@ -322,7 +461,8 @@ RATE_NAMES = (("plain_images_per_s", "plain loop"), ("lightning_images_per_s", "
               ("per_worker_per_s", "per worker"),
               ("baseline_flip_rotate_per_s", "flip+rotate alone"),
               ("lightning_datamodule_images_per_s", "Lightning + DataModule"),
-              ("compiled_images_per_s", "compiled"))
+              ("compiled_images_per_s", "compiled"),
+              ("per_job_images_per_s", "slowest job"))
 
 
 def _fmt(v, spec: str = ".1f") -> str:
@@ -354,7 +494,10 @@ def table(summary: dict) -> str:
               "epochs) x 160,000 samples, plus validation):"]
     for kind, p in summary["projection"].items():
         star = " (headline)" if kind == summary["headline"] else ""
-        lines.append(f"  {kind}{star}: total {_fmt(p['total_hours'], '.2f')} h")
+        lines.append(f"  {kind}{star}: total {_fmt(p['total_hours'], '.2f')} h"
+                     + (f"; {p['best_jobs_per_device']} fold jobs sharing the device: "
+                        f"{_fmt(p['total_hours_sharing'], '.2f')} h"
+                        if p.get("total_hours_sharing") is not None else ""))
         for phase in ("head", "full", "validation"):
             q = p[phase]
             lines.append(f"    {phase:10s} " + ("n/a (rate missing)" if q is None else
@@ -373,7 +516,9 @@ def section_report(s: Settings, out: Path, status: dict[str, str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("section", choices=(*SECTIONS, "report"))
+    parser.add_argument("section", choices=(*SECTIONS, "report", "share_job"))
+    parser.add_argument("--crops", type=Path, help="share_job: the crops directory")
+    parser.add_argument("--job", type=int, default=0, help="share_job: its number")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--status", default="", help="report: 'train=0 data=124 ...'")
@@ -390,9 +535,12 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("no CUDA device: run with --dry-run on a CPU machine")
     if s.threads:
         torch.set_num_threads(s.threads)
+    if args.section == "share_job":
+        share_job(s, args.out, args.crops, args.job)
+        return
     rec = Recorder(args.out, args.section, s)
-    run = {"train": section_train, "data": section_data, "e2e": section_e2e,
-           "compile": section_compile}[args.section]
+    run = {"train": section_train, "ondevice": section_ondevice, "share": section_share,
+           "data": section_data, "e2e": section_e2e, "compile": section_compile}[args.section]
     with tempfile.TemporaryDirectory() as tmp:
         try:
             run(s, rec, Path(tmp))

@@ -152,6 +152,8 @@ class DataSettings:
     batch_dtype: str = "float32"  # float16 halves loader -> device bytes (trainer=gpu_fast)
     oversample_val: bool = True  # validation loss weighted as the paper's oversampled set
     augment: str = "all"  # all | copies (label shortcut: ablation only) | none
+    on_device: bool = False  # the crop pack in device memory, batches gathered, augmented and
+                             # normalised there, no workers (trainer=gpu_fast)
 
 
 @dataclass

@@ -104,6 +104,20 @@ def test_gpu_script_out_of_time_skips_sections_and_still_reports(tmp_path):
     assert "n/a (rate missing)" in text and "SKIP train" in (tmp_path / "log.txt").read_text()
 
 
+def test_gpu_bench_on_device_section_dry_run(tmp_path):
+    """The data.on_device section of benchmarks/gpu.sh, on the CPU at its dry-run sizes."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_bench", "ondevice", "--out",
+                           str(tmp_path), "--dry-run"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    section = json.loads((tmp_path / "ondevice.json").read_text())
+    assert section["errors"] == []
+    assert [r["label"] for r in section["results"]] == [
+        "on-device batches b4", "on device head b4", "on device all b4"]
+    assert section["results"][0]["images_per_s"] > 0 and section["results"][0]["resident_mb"] > 0
+    assert all(r["lightning_datamodule_images_per_s"] > 0 for r in section["results"][1:])
+
+
 def test_scale_tasks_on_a_small_manifest(tmp_path):
     csv = scale.write_manifest(tmp_path, images=3_000, patients=300, prevalence=0.05)
     folds = scale.run_task("folds", csv)
@@ -186,11 +200,12 @@ def test_gpu_script_dry_run_writes_every_result(tmp_path):
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "results.json").read_text())
-    assert summary["status"] == {"train": "0", "data": "0", "e2e": "0", "compile": "0"}
+    assert summary["status"] == {"train": "0", "ondevice": "0", "share": "0", "data": "0",
+                                 "e2e": "0", "compile": "0"}
     for key in ("settings", "paper", "rates", "headline", "projection", "sections"):
         assert key in summary
-    assert summary["headline"] == "end_to_end"
-    assert set(summary["projection"]) == {"components", "end_to_end"}
+    assert summary["headline"] == "on_device"
+    assert set(summary["projection"]) == {"components", "end_to_end", "on_device"}
     loader, baseline = summary["sections"]["data"]["results"]
     assert (loader["label"], baseline["label"]) == ("data pipeline 2 workers",
                                                     "flip+rotate alone, one process")

@@ -33,6 +33,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
+from hipdisloc.data.on_device import DeviceBatches, DeviceCrops
 from hipdisloc.folds import assign_fold_groups, fold_subsets
 from hipdisloc.io import cache
 from hipdisloc.io.pack import PackIndex, check_pack, ensure_pack, open_array
@@ -284,7 +285,8 @@ class CropDataset(Dataset):
 class ClassificationDataModule(pl.LightningDataModule):
     def __init__(self, crops_dir: str, fold: int, n_folds: int = 10, seed: int = 0,
                  batch_size: int = 16, num_workers: int = 2, augment: str = "all",
-                 pin_memory: bool = False, packed: bool = True, batch_dtype: str = "float32"):
+                 pin_memory: bool = False, packed: bool = True, batch_dtype: str = "float32",
+                 on_device: bool = False):
         super().__init__()
         self.crops_dir = Path(crops_dir)
         self.fold, self.n_folds, self.seed = fold, n_folds, seed
@@ -293,6 +295,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.packed = packed
         self.batch_dtype = batch_dtype
+        self.on_device = on_device  # batches made on the device (hipdisloc.data.on_device)
+        self._device_crops = None
         self.evaluate_subset = "test"  # what test_dataloader serves: test | non_training
         self.augment_stream = 0  # the training stage (FoldRun): its own augmentation draws
         self.first_epoch = 0  # the epoch a training loader starts at (FoldRun: a resumed fit's)
@@ -356,10 +360,27 @@ class ClassificationDataModule(pl.LightningDataModule):
             sampler.set_epoch(self.first_epoch)  # (a resumed fit starts at first_epoch, not 0)
         # training drops a last partial batch: a batch of one breaks BatchNorm
         drop_last = train and len(sampler) > self.batch_size
+        if self.on_device:
+            device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+            return self._device_loader(ds, sampler, drop_last, device)
         return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=drop_last,
                           collate_fn=already_collated, num_workers=self.num_workers,
                           pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0 and name in ("train", "val"))
+
+    def _device_loader(self, ds: CropDataset, sampler: OversampledSampler, drop_last: bool,
+                       device: torch.device) -> DeviceBatches:
+        """The loader of ``data.on_device``: the pack on ``device`` (loaded once per process),
+        batches gathered and augmented there."""
+        if ds.pack is None:
+            raise ValueError(f"data.on_device needs the crop pack of {self.crops_dir} "
+                             "(data.packed=true, and a crops directory it can be written to)")
+        if self._device_crops is None or self._device_crops.device != device:
+            self._device_crops = DeviceCrops(ds.pack, device)
+        augment = "none" if ds.augment is None else ("copies" if ds.augment_copies_only
+                                                    else "all")
+        return DeviceBatches(self._device_crops, ds.pack_rows, ds.labels, sampler,
+                             self.batch_size, drop_last, augment, ds.stream)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """float16 batches (``batch_dtype``) back to float32, on the device: the model and its

@@ -65,6 +65,12 @@ def resnet18(pretrained: str = "none") -> torch.nn.Module:
     return net
 
 
+def _trunk(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A torchvision ResNet's layers before its pooling and head."""
+    x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+    return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+
+
 class DislocationClassifier(pl.LightningModule):
     def __init__(self, pretrained: str = "none", pos_weight: float = 25.0, lr: float = 1e-4,
                  lr_slice_ratio: float = 100.0, selection_logit: float | None = None,
@@ -89,6 +95,7 @@ class DislocationClassifier(pl.LightningModule):
             self.net.compile()
         self.loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
         self.stage = "head"
+        self.backbone_frozen = False  # freeze_backbone(): its forward runs without autograd
         self._outputs: dict[str, list] = {"val": [], "test": []}
         self._train_loss: torch.Tensor | None = None
         self._train_images = 0
@@ -97,12 +104,18 @@ class DislocationClassifier(pl.LightningModule):
 
     # -- stages -----------------------------------------------------------------------------
     def freeze_backbone(self) -> None:
+        """Stage 1: only the head learns. The backbone's forward then runs without autograd
+        (no graph, no saved activations); its BatchNorm layers stay in training mode, so their
+        running statistics follow the crops as in the paper's fastai ``freeze`` (its BatchNorm
+        weights, unlike fastai's, stay frozen)."""
         self.stage = "head"
+        self.backbone_frozen = True
         for name, p in self.net.named_parameters():
             p.requires_grad = name.startswith("fc.")
 
     def unfreeze(self) -> None:
         self.stage = "all"
+        self.backbone_frozen = False
         for p in self.net.parameters():
             p.requires_grad = True
 
@@ -152,6 +165,10 @@ class DislocationClassifier(pl.LightningModule):
         x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if self.backbone_frozen and self.training:
+            with torch.no_grad():  # not inference_mode: the head's backward needs the features
+                features = torch.flatten(self.net.avgpool(_trunk(self.net, x)), 1)
+            return self.net.fc(features).squeeze(1)
         return self.net(x).squeeze(1)
 
     def training_step(self, batch, batch_idx):

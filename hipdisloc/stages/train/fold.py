@@ -319,7 +319,8 @@ class FoldRun:
                                            s.schedule.batch_size, s.data.num_workers,
                                            s.data.augment, pin_memory=s.data.pin_memory,
                                            packed=s.data.packed,
-                                           batch_dtype=s.data.batch_dtype)
+                                           batch_dtype=s.data.batch_dtype,
+                                           on_device=s.data.on_device)
         self.dm.setup()
         if rank_zero_only.rank == 0:  # before any Trainer: other ranks read it once started
             self.dm.ensure_pack()
