@@ -285,10 +285,14 @@ def section_share(s: Settings, rec: Recorder, workdir: Path) -> None:
         wall = time.perf_counter() - start
         if any(codes):
             raise RuntimeError(f"share jobs exited {codes}")
-        rates = [json.loads((workdir / f"share{jobs}" / f"job{j}.json").read_text())["rate"]
-                 for j in range(jobs)]
-        return {"jobs": jobs, "mps": mps, "wall_s": wall, "per_job_images_per_s": min(rates),
-                "images_per_s": sum(rates)}
+        done = [json.loads((workdir / f"share{jobs}" / f"job{j}.json").read_text())
+                for j in range(jobs)]
+        # all jobs' images over the span from the first fit's start to the last one's end:
+        # jobs that did not overlap cannot show scaling they did not have
+        span = max(d["end"] for d in done) - min(d["start"] for d in done)
+        return {"jobs": jobs, "mps": mps, "wall_s": wall,
+                "per_job_images_per_s": min(d["rate"] for d in done),
+                "images_per_s": sum(d["images"] for d in done) / span}
 
     for jobs in ((1, 2) if s.device == "cpu" else (1, 2, 4)):
         rec.attempt(f"{jobs} fold job(s) sharing the device", measure, jobs)
@@ -312,10 +316,14 @@ def share_job(s: Settings, out: Path, crops: Path, job: int) -> None:
                                   on_device=True)
     dm.ensure_pack()
     dm.setup()
+    start = time.time()
     rate = tt.lightning_rate(dm, s.e2e_steps, s.warmup, "all", torch.device(s.device), True,
                              True, out / f"job{job}")
+    end = time.time()
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"job{job}.json").write_text(json.dumps({"job": job, "rate": rate}))
+    images = (s.warmup + s.e2e_steps) * s.big_batch
+    (out / f"job{job}.json").write_text(json.dumps({"job": job, "rate": rate, "start": start,
+                                                    "end": end, "images": images}))
 
 
 def _train_parts(dm):

@@ -48,7 +48,6 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import RichProgressBar, TQDMProgressBar
 from pytorch_lightning.loops.fetchers import _PrefetchDataFetcher
 from pytorch_lightning.loops.optimization.automatic import Closure
@@ -65,7 +64,6 @@ from hipdisloc.models.classifier import DislocationClassifier
 from hipdisloc.stages.train.fold import STAGES, SelectionRecorder, _Throttled, stage_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAINER_CONF = ROOT / "conf" / "trainer" / "default.yaml"
 POS_WEIGHT, LR = 25.0, 1e-4
 # docs/benchmarks.md's H100 rows (benchmarks/gpu.sh, bf16 + channels_last, 224 px, all layers):
 # batch size -> (plain loop images/s, Lightning images/s)
@@ -170,10 +168,10 @@ class Clock(pl.Callback):
 
 
 def trainer_conf() -> dict:
-    """conf/trainer/default.yaml on the CPU (what ``trainer=cpu`` gives)."""
-    conf = OmegaConf.to_container(OmegaConf.load(TRAINER_CONF), resolve=True)
-    conf.pop("defaults", None)
-    return {**conf, "accelerator": "cpu", "devices": 1}
+    """The classifier's default Trainer settings on the CPU (what ``trainer=cpu`` gives)."""
+    from hipdisloc.config import TrainerSettings, trainer_arguments
+
+    return {**trainer_arguments(TrainerSettings()), "accelerator": "cpu", "devices": 1}
 
 
 # What differs from training.py's Trainer and module in each variant: "module" (its class),

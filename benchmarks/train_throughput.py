@@ -112,6 +112,22 @@ def as_network_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+class _FrozenTrunk(torch.nn.Module):
+    """A ResNet whose trunk runs under no_grad and head with autograd (the head stage's
+    DislocationClassifier.forward)."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from hipdisloc.models.classifier import _trunk
+
+        with torch.no_grad():
+            features = torch.flatten(self.net.avgpool(_trunk(self.net, x)), 1)
+        return self.net.fc(features)
+
+
 def plain_rate(loader: Iterable, steps: int, warmup: int, stage: str, device: torch.device,
                bf16: bool, channels_last: bool, compile_backend: str | None = None) -> float:
     """Images/s of a plain loop driving the module's own network, loss and optimiser
@@ -120,6 +136,8 @@ def plain_rate(loader: Iterable, steps: int, warmup: int, stage: str, device: to
     ``compile_backend`` is given (compiled during warm-up)."""
     module = classifier(stage, channels_last, device)
     net, loss_fn, opt = module.net, module.loss_fn, module.configure_optimizers()
+    if module.backbone_frozen:  # the head stage: the frozen trunk without autograd, as forward
+        net = _FrozenTrunk(net)
     model = torch.compile(net, backend=compile_backend) if compile_backend else net
     net.train()
     batches = iter(loader)

@@ -270,6 +270,16 @@ class LoggerConfig:
 
 
 @dataclass
+class FusionSettings:
+    """Image + clinical fusion in the report (hipdisloc.stages.report.fusion): a logistic model
+    on the image logit and these manifest columns (bmi: from weight_kg and height_m), fitted on
+    each fold's validation images, judged on its test images."""
+
+    enabled: bool = True
+    covariates: list[str] = field(default_factory=lambda: ["sex", "age", "bmi"])
+
+
+@dataclass
 class ReportSettings:
     """The report at the end of a multirun (also: ``python -m hipdisloc.report``)."""
 
@@ -281,6 +291,7 @@ class ReportSettings:
     prevalence: float | None = None  # real share of positive images; None: from the folds
     data_dir: str | None = None  # where the upstream stages are, when the sweep moved
     seed: int = 0  # of the bootstrap
+    fusion: FusionSettings = field(default_factory=FusionSettings)
 
 
 @dataclass
@@ -369,7 +380,8 @@ class PredictCommand(PredictSettings):
     data_root: str | None = None  # where a manifest's relative paths resolve
     sweep: str = "outputs/demo"  # the trained sweep: fold*/checkpoints/selected.pt + .hydra/
     out: str = "predictions"
-    detector: str | None = None  # None: the sweep's <paths.data_dir>/detector/detector.pt
+    detector_weights: str | None = None  # None: the sweep's <paths.data_dir>/detector/
+    # detector.pt (not `detector`: that is a config group)
     target_sensitivity: float = 0.8  # which of calibration.json's operating points
     threads: int | None = None  # torch CPU threads (None: torch's default)
     export: ExportSettings = field(default_factory=ExportSettings)

@@ -33,7 +33,7 @@ def main(cfg: DictConfig) -> None:
     try:
         if c.mode not in ("score", "export"):
             raise ValueError(f"mode={c.mode}: choose score or export")
-        study = load_study(c.sweep, c.detector, c.target_sensitivity)
+        study = load_study(c.sweep, c.detector_weights, c.target_sensitivity)
         code = export(c, study) if c.mode == "export" else score(c, study)
     except ExportMismatch as err:
         print(f"predict: export FAILED: {err}", file=sys.stderr)

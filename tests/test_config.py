@@ -110,3 +110,17 @@ def test_no_import_cycle_inside_the_package():
         if m not in state:
             visit(m, [m])
     assert len(graph) > 50  # the walk saw the package
+
+
+@pytest.mark.parametrize("command,override", [
+    ("crop", "detector_weights=/models/detector.pt"),
+    ("predict", "detector_weights=/models/detector.pt"),
+    ("train", "report.fusion.covariates=[sex,age,bmi,smoker]"),
+])
+def test_path_and_list_settings_compose_from_the_command_line(command, override):
+    key, value = override.split("=", 1)
+    settings = to_settings(_compose(command, [override]))
+    got = settings
+    for part in key.split("."):
+        got = getattr(got, part)
+    assert str(got).replace("'", "").replace(" ", "") == value

@@ -110,7 +110,7 @@ def test_the_resident_pack_takes_what_the_docs_say(crops):
     dm, loader, _ = _batches(str(crops), True)
     resident = loader.crops
     n = resident.pack.shape[0]  # every crop of the crops directory, both folds' and more
-    assert n == len(dm.table) and resident.images.dtype == torch.uint16
+    assert n == len(dm.table) and resident.images.dtype == torch.int16  # uint16's bits
     assert resident.nbytes == n * 48 * 48 * 2  # n_crops x size^2 x 2 bytes (docs/train.md)
     assert isinstance(resident, DeviceCrops)
     assert dm.val_dataloader().crops is resident  # loaded once per process

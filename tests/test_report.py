@@ -19,7 +19,7 @@ from hipdisloc.stages.report.saliency import METHODS, attributions, mask_share, 
 from tests.test_orchestration import TINY, run_train
 
 SECTIONS = ("About this report", "Cohort", "Detector", "Table 2", "Table 3",
-            "Pooled metrics with 95 % confidence intervals", "ROC, loss curves",
+            "Pooled metrics with 95 % confidence intervals", "Beyond the paper", "ROC, loss curves",
             "Calibration", "Decision curve", "Operating points", "Saliency",
             "Configuration and software")
 
@@ -83,8 +83,17 @@ def test_the_sweep_leaves_a_report_with_every_section(sweep):
     for title in SECTIONS:
         assert any(t.startswith(title.replace("&", "&amp;")) for t in titles), title
     assert "SYNTHETIC DATA" in html  # the phantom banner
-    # figures are embedded (self-contained): ROC, loss, confusion, reliability, decision, saliency
-    assert html.count("data:image/png;base64,") == 6
+    # figures are embedded (self-contained): ROC, loss, confusion, reliability, decision,
+    # saliency, and the survival curves when a test THA dislocated
+    survival = (sweep / "report" / "figures" / "survival.png").is_file()
+    assert html.count("data:image/png;base64,") == 6 + survival
+    # beyond the paper: image + clinical fusion per fold and pooled, risk per hip
+    fusion = pd.read_csv(sweep / "report" / "fusion.csv")
+    assert list(fusion["fold"].astype(str)) == ["0", "1", "pooled"]
+    assert {"auc_clinical", "auc_image", "auc_fused", "auc_oracle_full",
+            "auc_fused_lower", "auc_fused_upper"} <= set(fusion.columns)
+    tha = pd.read_csv(sweep / "report" / "tha_level.csv")
+    assert (tha["images"] >= tha["thas"]).all() and "auc_tha_oracle" in tha
     assert "src=\"http" not in html and "href=\"http" not in html
     md = (sweep / "report" / "report.md").read_text()
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):

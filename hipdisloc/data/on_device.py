@@ -84,8 +84,13 @@ class DeviceCrops:
 
     def __init__(self, pack: PackIndex, device: torch.device | str):
         self.pack, self.device = pack, torch.device(device)
-        self.images = torch.from_numpy(np.ascontiguousarray(open_array(pack))).to(self.device)
-        self.max_value = float(np.iinfo(np.dtype(pack.dtype)).max)
+        stored = np.ascontiguousarray(open_array(pack))
+        self.max_value = float(np.iinfo(stored.dtype).max)
+        # uint16 is held as its int16 bit pattern: CUDA indexes and converts int16 everywhere,
+        # uint16 only in recent releases
+        self.wide = stored.dtype == np.uint16
+        self.images = torch.from_numpy(stored.view(np.int16) if self.wide else stored
+                                       ).to(self.device)
 
     @property
     def nbytes(self) -> int:
@@ -93,7 +98,9 @@ class DeviceCrops:
 
     def decode(self, rows: torch.Tensor) -> torch.Tensor:
         """Pack rows -> (B, 1, S, S) float32 in [0, 1], as :func:`hipdisloc.io.cache.decode`."""
-        return (self.images[rows].float() / self.max_value)[:, None]
+        picked = self.images[rows]
+        values = (picked.to(torch.int32) & 0xFFFF) if self.wide else picked
+        return (values.float() / self.max_value)[:, None]
 
 
 class DeviceBatches:

@@ -161,8 +161,8 @@ class Scorer:
                 raise StudyError(
                     f"sweep={study.folder}: no detector found (looked for "
                     f"{study.data_dir or 'paths.data_dir'}/detector/detector.pt; the sweep may "
-                    "have cropped with crop.boxes_from=ground_truth): pass detector=PATH, or "
-                    "boxes=COCO.json to crop with annotated boxes")
+                    "have cropped with crop.boxes_from=ground_truth): pass "
+                    "detector_weights=PATH, or boxes=COCO.json to crop with annotated boxes")
             from hipdisloc.stages.detect import load_detector
 
             saved = torch.load(study.detector, map_location="cpu", weights_only=True)

@@ -209,7 +209,7 @@ def load_study(sweep: str | Path, detector: str | Path | None = None,
     if detector:
         detector = Path(detector)
         if not detector.is_file():
-            raise StudyError(f"detector={detector}: not a file")
+            raise StudyError(f"detector_weights={detector}: not a file")
     elif data_dir is not None and (data_dir / "detector" / "detector.pt").is_file():
         detector = data_dir / "detector" / "detector.pt"
     study = Study(

@@ -210,6 +210,123 @@ def _fold_figures(fold: FoldOutputs) -> list[Path]:
     return paths
 
 
+def _cohort_manifest(inputs: SweepInputs | None) -> Path | None:
+    """The sweep's cohort manifest: the phantom's, or the configured archive's."""
+    if inputs is None:
+        return None
+    if inputs.is_phantom:
+        return inputs.stage("phantom") / "manifest.csv"
+    manifest = (inputs.config.get("cohort") or {}).get("manifest")
+    return Path(manifest) if manifest else None
+
+
+def _fusion_section(folds: list[FoldOutputs], inputs: SweepInputs | None,
+                    settings: ReportSettings, out: Path) -> Section | None:
+    """Image + clinical fusion per fold and pooled (``report/fusion.csv``), with the fused
+    models' coefficients (``report/fusion_coefficients.csv``)."""
+    from hipdisloc.stages.report import fusion as fu
+
+    if not settings.fusion.enabled:
+        return None
+    section = Section("Beyond the paper: image + clinical fusion")
+    manifest = _cohort_manifest(inputs)
+    usable = [f for f in folds if f.validation is not None]
+    if manifest is None or not manifest.is_file() or not usable:
+        section.text("No fusion: " + ("the folds wrote no validation predictions." if not usable
+                                      else f"the cohort manifest ({manifest}) is not there."))
+        return section
+    try:
+        table = pd.read_csv(manifest, dtype={"image_id": str}) if manifest.suffix == ".csv" \
+            else pd.read_parquet(manifest)
+        covariates = fu.covariates_of(table, settings.fusion.covariates)
+    except ValueError as err:
+        section.text(f"No fusion: {err}.")
+        return section
+    fused = [fu.fuse_fold(f.fold, f.validation, f.test, covariates) for f in usable]
+    oracle = None
+    oracle_csv = inputs.stage("phantom") / "oracle.csv" if inputs is not None else None
+    if inputs is not None and inputs.is_phantom and oracle_csv.is_file():
+        oracle = pd.read_csv(oracle_csv, dtype={"image_id": str}).set_index("image_id")
+    result = fu.fusion_table(fused, oracle, settings.n_boot, settings.seed)
+    write_csv(result, out / "fusion.csv")
+    coefficients = pd.DataFrame([{"fold": f.fold, **f.coefficients} for f in fused])
+    write_csv(coefficients, out / "fusion_coefficients.csv")
+    pooled = result.iloc[-1]
+    section.text(
+        f"A logistic model on each fold's image logit and {', '.join(settings.fusion.covariates)}"
+        " (from the manifest; numeric covariates standardised), fitted on the fold's validation "
+        "images (each once, real prevalence; the image model never trained on them) and judged "
+        "on its test images; the clinical-only model is fitted on the same images. Pooled test "
+        f"AUC: clinical only {pooled['auc_clinical']:.3f} "
+        f"({pooled['auc_clinical_lower']:.3f}–{pooled['auc_clinical_upper']:.3f}), image only "
+        f"{pooled['auc_image']:.3f} ({pooled['auc_image_lower']:.3f}–"
+        f"{pooled['auc_image_upper']:.3f}), fused {pooled['auc_fused']:.3f} "
+        f"({pooled['auc_fused_lower']:.3f}–{pooled['auc_fused_upper']:.3f}); 95 % CIs from "
+        f"{settings.n_boot:,} bootstrap resamples of patients."
+        + (f" The phantom's full (image + clinical) oracle on the same images: "
+           f"{pooled['auc_oracle_full']:.3f}." if oracle is not None else "")
+        + " A validation set is small: the fused coefficients vary between folds (below), and "
+        "the gain is an association on this cohort, not a causal or transportable claim.")
+    section.table(_fmt(result[[c for c in result.columns if not c.endswith(("_lower", "_upper"))]]),
+                  "Test AUC per fold and pooled (report/fusion.csv also holds the pooled CIs).")
+    section.table(_fmt(coefficients), "The fused model's coefficients per fold (log-odds per "
+                  "unit of the image logit, per SD of a numeric covariate, against the "
+                  "reference category of a text one).")
+    try:
+        tha = fu.tha_table([(f.fold, f.test) for f in usable], table, oracle)
+    except ValueError as err:
+        section.text(f"No THA-level scores: {err}.")
+        return section
+    write_csv(tha, out / "tha_level.csv")
+    section.text("Risk per hip: each THA's score from its test radiographs, as the mean of their "
+                 "logits and as its first postoperative radiograph alone, against whether that "
+                 "hip dislocated (report/tha_level.csv)"
+                 + ("; on the phantom beside the image-only oracle per THA." if oracle is not None
+                    else "."))
+    section.table(_fmt(tha), "Test AUC per fold: per image (the paper's figure) and per THA.")
+    _survival_blocks(section, fused, usable, table, out)
+    return section
+
+
+def _survival_blocks(section: Section, fused, folds: list[FoldOutputs], manifest: pd.DataFrame,
+                     out: Path) -> None:
+    """Dislocation-free survival of the test THAs by the image model's risk group at each
+    fold's operating point (Kaplan–Meier), and Harrell's C of the image-only and fused risks."""
+    import matplotlib.pyplot as plt
+
+    from hipdisloc.stages.report import fusion as fu
+
+    scores = pd.concat([f.test.assign(margin=f.test["image"] - fold.threshold_logit)
+                        for f, fold in zip(fused, folds, strict=True)], ignore_index=True)
+    try:
+        tha = fu.tha_survival(manifest, scores[["image_id", "image", "fused", "margin"]])
+    except ValueError as err:
+        section.text(f"No survival analysis: {err}.")
+        return
+    if tha["event"].sum() == 0 or len(tha) < 2:
+        section.text("No survival analysis: no test THA dislocated.")
+        return
+    curves, c_index = fu.survival_summary(tha, tha["margin"].to_numpy() >= 0,
+                                          ["image", "fused"])
+    write_csv(curves, out / "survival.csv")
+    write_csv(c_index, out / "c_index.csv")
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, group in curves.groupby("group", sort=False):
+        first = group.iloc[0]
+        ax.step(np.r_[0.0, group["years"]], np.r_[1.0, group["survival"]], where="post",
+                label=f"{name} ({int(first['thas'])} THAs, {int(first['events'])} dislocations)")
+    ax.set(xlabel="years after surgery", ylabel="dislocation-free", ylim=(0, 1.02))
+    ax.legend(loc="lower left", fontsize=8)
+    path = figures.save(fig, out / "figures" / "survival.png")
+    section.text("Dislocation-free survival of the test THAs (from surgery to dislocation, "
+                 "or censored at the last radiograph) by the image model's risk group at each "
+                 "fold's operating point (a THA is high risk when the mean of its images' logits "
+                 "reaches the fold's threshold); Kaplan–Meier and Harrell's C from "
+                 "scikit-survival (report/survival.csv, report/c_index.csv).")
+    section.figure(path, "Kaplan–Meier curves of the high- and low-risk test THAs.")
+    section.table(_fmt(c_index), "Harrell's C of the THA-level image-only and fused risks.")
+
+
 def build_report(sweep_dir: str | Path, settings: ReportSettings | None = None) -> ReportFiles:
     settings = settings if settings is not None else ReportSettings()
     sweep = Path(sweep_dir)
@@ -263,6 +380,9 @@ def build_report(sweep_dir: str | Path, settings: ReportSettings | None = None) 
         "Each image called at its fold's threshold; a resample without a defined value (e.g. "
         "NPV with no negative calls) is left out and counted.")
     sections.append(s_ci)
+    fusion = _fusion_section(folds, inputs, settings, out)
+    if fusion is not None:
+        sections.append(fusion)
 
     s_fig = Section("ROC, loss curves, confusion matrices")
     aucs = {f.fold: float(f.metrics.get("auc", np.nan)) for f in folds}

@@ -532,4 +532,5 @@ def train_fold(crops_dir: str | Path, out_dir: str | Path, s: FoldConfig,
         for name in ("candidate_qualified.pt", "candidate_any.pt", "selection.json",
                      "progress.json"):
             (run.ckpt_dir / name).unlink(missing_ok=True)
+    run.dm._device_crops = None  # data.on_device: the next fold of a sweep loads its own pack
     return result
