@@ -233,7 +233,7 @@ def section_ondevice(s: Settings, rec: Recorder, workdir: Path) -> None:
 
     def batches_alone() -> dict:
         dm = data_module()
-        loader = dm._device_loader(*_train_parts(dm), device)
+        loader = dm.train_dataloader(device)  # the loader a fold's Trainer gets
         start, n = None, 0
         for i, (images, _, _) in enumerate(loader):
             if i == s.warmup:
@@ -324,16 +324,6 @@ def share_job(s: Settings, out: Path, crops: Path, job: int) -> None:
     images = (s.warmup + s.e2e_steps) * s.big_batch
     (out / f"job{job}.json").write_text(json.dumps({"job": job, "rate": rate, "start": start,
                                                     "end": end, "images": images}))
-
-
-def _train_parts(dm):
-    """(dataset, sampler, drop_last) of a data module's training loader, without the loader."""
-    from hipdisloc.data.classification import CropDataset, OversampledSampler
-
-    ds = CropDataset(dm.subset("train"), dm.crops_dir, augment="all", pack=dm.pack_index(),
-                     stream=(dm.seed, dm.fold, 0))
-    sampler = OversampledSampler(ds.labels, seed=dm.seed)
-    return ds, sampler, len(sampler) > dm.batch_size
 
 
 def _sync(device) -> None:

@@ -9,10 +9,13 @@ import pytest
 
 from hipdisloc.stages.report.fusion import (
     CovariateEncoder,
+    by_image,
     covariates_of,
     fuse_fold,
     fusion_table,
 )
+
+COVARIATES = ["sex", "age", "bmi"]
 
 
 def _cohort(n: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -37,7 +40,7 @@ def _cohort(n: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
 def test_fusion_recovers_known_coefficients_and_beats_each_part():
     manifest, validation = _cohort(40_000, 1)
     test_manifest, test = _cohort(4_000, 2)
-    covariates = covariates_of(pd.concat([manifest, test_manifest]), ["sex", "age", "bmi"])
+    covariates = covariates_of(by_image(pd.concat([manifest, test_manifest])), COVARIATES)
     fused = fuse_fold(0, validation, test, covariates)
     c = fused.coefficients
     age_sd = float(manifest["age"].std(ddof=0))
@@ -52,7 +55,7 @@ def test_fusion_recovers_known_coefficients_and_beats_each_part():
 def test_the_test_rows_are_never_fitted():
     manifest, validation = _cohort(3_000, 3)
     test_manifest, test = _cohort(500, 4)
-    covariates = covariates_of(pd.concat([manifest, test_manifest]), ["sex", "age", "bmi"])
+    covariates = covariates_of(by_image(pd.concat([manifest, test_manifest])), COVARIATES)
     first = fuse_fold(0, validation, test, covariates)
     flipped = test.assign(dislocated=1 - test["dislocated"])  # other test labels: same model
     second = fuse_fold(0, validation, flipped, covariates)
@@ -64,14 +67,16 @@ def test_the_test_rows_are_never_fitted():
 def test_covariate_problems_are_named_and_missing_values_counted():
     manifest, predictions = _cohort(200, 5)
     with pytest.raises(ValueError, match=r"\['smoker'\]: not columns of the manifest"):
-        covariates_of(manifest, ["sex", "smoker"])
+        covariates_of(by_image(manifest), ["sex", "smoker"])
     manifest.loc[:9, "age"] = np.nan
     manifest.loc[10:14, "sex"] = None
-    table = covariates_of(manifest, ["sex", "age"])
+    table = covariates_of(by_image(manifest), ["sex", "age"])
     encoder = CovariateEncoder(["sex", "age"]).fit(table)
     x = encoder.transform(table)
     assert encoder.columns() == ["sex=M", "age"] and np.isfinite(x).all()
     assert encoder.imputed == {"sex": 5, "age": 10}
+    fused = fuse_fold(0, predictions.iloc[20:], predictions.iloc[:20], table)
+    assert fused.imputed == {"sex": 5, "age": 10}  # all in the judged rows, counted
 
 
 def test_the_table_has_a_row_per_fold_and_a_pooled_row_with_cis():
@@ -79,7 +84,7 @@ def test_the_table_has_a_row_per_fold_and_a_pooled_row_with_cis():
     for fold in range(3):
         manifest, validation = _cohort(1_500, 10 + fold)
         test_manifest, test = _cohort(400, 20 + fold)
-        covariates = covariates_of(pd.concat([manifest, test_manifest]), ["sex", "age", "bmi"])
+        covariates = covariates_of(by_image(pd.concat([manifest, test_manifest])), COVARIATES)
         parts.append(fuse_fold(fold, validation, test, covariates))
     oracle = pd.concat([p.test for p in parts]).set_index("image_id")[["fused"]].rename(
         columns={"fused": "risk_full"})
@@ -100,15 +105,15 @@ def test_risk_per_hip_averages_its_radiographs_and_finds_the_first():
                          "logit": [2.0, 0.0, 1.5, -1.0, 0.5]})
     from hipdisloc.stages.report.fusion import tha_scores, tha_table
 
-    tha = tha_scores(test, manifest)
+    tha = tha_scores(test, by_image(manifest))
     assert tha.loc["T1", "mean_logit"] == 1.0 and tha.loc["T1", "first_logit"] == 0.0  # b first
     assert tha.loc["T2", "first_logit"] == 1.5 and list(tha["images"]) == [2, 2, 1]
-    table = tha_table([(0, test)], manifest)
+    table = tha_table([(0, test)], by_image(manifest))
     row = table.iloc[0]
     assert (row["thas"], row["images"]) == (3, 5)
     assert row["auc_tha_mean_logit"] == 1.0 and row["auc_tha_first_image"] == 0.0
     with pytest.raises(ValueError, match="image_date"):
-        tha_scores(test, manifest.drop(columns="image_date"))
+        tha_scores(test, by_image(manifest.drop(columns="image_date")))
 
 
 def test_survival_by_risk_group_and_harrells_c():
@@ -130,7 +135,7 @@ def test_survival_by_risk_group_and_harrells_c():
             "%Y-%m-%d") if e else "" for y, e in zip(years_to_event, event, strict=True)],
         "followup_years": follow})
     scores = pd.DataFrame({"image_id": manifest["image_id"], "image": score, "fused": -score})
-    tha = tha_survival(manifest, scores)
+    tha = tha_survival(by_image(manifest), scores)
     assert len(tha) == n and tha["event"].sum() == event.sum()
     curves, c_index = survival_summary(tha, tha["image"].to_numpy() >= 0, ["image", "fused"])
     c = c_index.set_index("score")["c_index"]
@@ -138,4 +143,4 @@ def test_survival_by_risk_group_and_harrells_c():
     at = {g: float(d[d["years"] <= 3]["survival"].iloc[-1]) for g, d in curves.groupby("group")}
     assert at["high risk"] < at["low risk"]
     with pytest.raises(ValueError, match="followup_years"):
-        tha_survival(manifest.drop(columns="followup_years"), scores)
+        tha_survival(by_image(manifest.drop(columns="followup_years")), scores)

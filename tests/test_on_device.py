@@ -31,8 +31,8 @@ def crops(small_phantom, tmp_path_factory):
 
 def test_batched_draws_have_the_distributions_of_the_per_item_ones():
     generator = torch.Generator().manual_seed(3)
-    angle, scale, flip = (t.numpy() for t in draw_parameters(20_000, generator))
     reference = FlipRotateZoom(zoom=0.10, rotate=10.0)
+    angle, scale, flip = (t.numpy() for t in draw_parameters(20_000, generator, reference))
     rng = np.random.default_rng(3)
     ref_angle, ref_scale, ref_flip = (np.array(v) for v in
                                       zip(*(reference.draw(rng) for _ in range(20_000)),

@@ -342,7 +342,7 @@ class ClassificationDataModule(pl.LightningDataModule):
             return self.table[self.table["subset"] != "train"]
         return self.table[self.table["subset"] == name]
 
-    def _loader(self, name: str) -> DataLoader:
+    def _loader(self, name: str, device: torch.device | None = None) -> DataLoader:
         train = name == "train"
         # validation and test images are scored once each, at their real prevalence:
         # oversampled validation copies would be exact duplicates (no augmentation), and
@@ -361,7 +361,9 @@ class ClassificationDataModule(pl.LightningDataModule):
         # training drops a last partial batch: a batch of one breaks BatchNorm
         drop_last = train and len(sampler) > self.batch_size
         if self.on_device:
-            device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+            if device is None:
+                device = (trainer.strategy.root_device if trainer is not None
+                          else torch.device("cpu"))
             return self._device_loader(ds, sampler, drop_last, device)
         return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=drop_last,
                           collate_fn=already_collated, num_workers=self.num_workers,
@@ -377,10 +379,7 @@ class ClassificationDataModule(pl.LightningDataModule):
                              "(data.packed=true, and a crops directory it can be written to)")
         if self._device_crops is None or self._device_crops.device != device:
             self._device_crops = DeviceCrops(ds.pack, device)
-        augment = "none" if ds.augment is None else ("copies" if ds.augment_copies_only
-                                                    else "all")
-        return DeviceBatches(self._device_crops, ds.pack_rows, ds.labels, sampler,
-                             self.batch_size, drop_last, augment, ds.stream)
+        return DeviceBatches(self._device_crops, ds, sampler, self.batch_size, drop_last)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """float16 batches (``batch_dtype``) back to float32, on the device: the model and its
@@ -388,8 +387,9 @@ class ClassificationDataModule(pl.LightningDataModule):
         images, *rest = batch
         return (images.float(), *rest) if images.dtype == torch.float16 else batch
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
+    def train_dataloader(self, device: torch.device | None = None) -> DataLoader:
+        """``device``: where ``data.on_device`` batches are made (default: the Trainer's)."""
+        return self._loader("train", device)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")

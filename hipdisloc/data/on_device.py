@@ -24,18 +24,16 @@ import torch.nn.functional as F
 
 from hipdisloc.io.pack import PackIndex, open_array
 
-ROTATE_DEGREES = 10.0
-ZOOM = 0.10
-FLIP_P = 0.5
 
-
-def draw_parameters(n: int, generator: torch.Generator, device: torch.device | str = "cpu",
-                    rotate: float = ROTATE_DEGREES, zoom: float = ZOOM,
-                    flip_p: float = FLIP_P) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(angle in degrees, scale, flip) of ``n`` items: the distributions of
-    :class:`~hipdisloc.data.classification.FlipRotateZoom`'s draws."""
+def draw_parameters(n: int, generator: torch.Generator, augment,
+                    device: torch.device | str = "cpu"
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(angle in degrees, scale, flip) of ``n`` items, drawn as ``augment`` (a
+    :class:`~hipdisloc.data.classification.FlipRotateZoom`, whose ranges these are) draws one
+    item's, for a whole batch at once."""
     u = torch.rand(n, 3, generator=generator, device=device)
-    return (2 * u[:, 1] - 1) * rotate, 1 + u[:, 2] * zoom, u[:, 0] < flip_p
+    return ((2 * u[:, 1] - 1) * augment.rotate, 1 + u[:, 2] * augment.zoom,
+            u[:, 0] < augment.flip_p)
 
 
 def warp_matrices(angle: torch.Tensor, scale: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
@@ -109,16 +107,16 @@ class DeviceBatches:
     whose epoch Lightning sets), ``batch_size`` items at a time (the last partial batch dropped
     with ``drop_last``): what a DataLoader over a CropDataset yields, made without one.
 
-    ``pack_rows``: the pack row of each table row; ``augment``: ``all``, ``copies`` or
-    ``none`` (as CropDataset's)."""
+    ``dataset``: the :class:`~hipdisloc.data.classification.CropDataset` whose items these are
+    (its labels, pack rows, augmentation and stream); ``crops``: its pack on the device."""
 
-    def __init__(self, crops: DeviceCrops, pack_rows: np.ndarray, labels: np.ndarray, sampler,
-                 batch_size: int, drop_last: bool, augment: str = "none",
-                 stream: tuple[int, ...] = (0,)):
+    def __init__(self, crops: DeviceCrops, dataset, sampler, batch_size: int, drop_last: bool):
         self.crops, self.sampler = crops, sampler
         self.batch_sampler = None  # what Lightning reads of a DataLoader: batches by `sampler`
         self.batch_size, self.drop_last = batch_size, drop_last
-        self.augment, self.stream = augment, tuple(int(s) for s in stream)
+        self.augment, self.copies_only = dataset.augment, dataset.augment_copies_only
+        self.stream = dataset.stream
+        pack_rows, labels = dataset.pack_rows, dataset.labels
         device = crops.device
         self.pack_rows = torch.as_tensor(pack_rows, dtype=torch.int64, device=device)
         self.labels = torch.as_tensor(np.asarray(labels, np.float32), device=device)
@@ -136,11 +134,11 @@ class DeviceBatches:
             keys = torch.as_tensor(chunk[:, 0], device=device)
             rows = keys % self.n
             images = self.crops.decode(self.pack_rows[rows])
-            if self.augment != "none":
+            if self.augment is not None:
                 generator = batch_generator(self.stream, int(chunk[0, 1]), device)
-                angle, scale, flip = draw_parameters(len(chunk), generator, device)
+                angle, scale, flip = draw_parameters(len(chunk), generator, self.augment, device)
                 warped = warp(images, angle, scale, flip)
-                if self.augment == "copies":  # only the oversampled copies (an ablation)
+                if self.copies_only:  # only the oversampled copies (an ablation)
                     copy = (keys >= self.n)[:, None, None, None]
                     warped = torch.where(copy, warped, images)
                 images = warped

@@ -210,16 +210,6 @@ def _fold_figures(fold: FoldOutputs) -> list[Path]:
     return paths
 
 
-def _cohort_manifest(inputs: SweepInputs | None) -> Path | None:
-    """The sweep's cohort manifest: the phantom's, or the configured archive's."""
-    if inputs is None:
-        return None
-    if inputs.is_phantom:
-        return inputs.stage("phantom") / "manifest.csv"
-    manifest = (inputs.config.get("cohort") or {}).get("manifest")
-    return Path(manifest) if manifest else None
-
-
 def _fusion_section(folds: list[FoldOutputs], inputs: SweepInputs | None,
                     settings: ReportSettings, out: Path) -> Section | None:
     """Image + clinical fusion per fold and pooled (``report/fusion.csv``), with the fused
@@ -229,20 +219,22 @@ def _fusion_section(folds: list[FoldOutputs], inputs: SweepInputs | None,
     if not settings.fusion.enabled:
         return None
     section = Section("Beyond the paper: image + clinical fusion")
-    manifest = _cohort_manifest(inputs)
+    # the manifest's rows of every prepared image, whatever the cohort (phantom or archive)
+    prepared = inputs.stage("prepared") / "prepared.csv" if inputs is not None else None
     usable = [f for f in folds if f.validation is not None]
-    if manifest is None or not manifest.is_file() or not usable:
+    if prepared is None or not prepared.is_file() or not usable:
         section.text("No fusion: " + ("the folds wrote no validation predictions." if not usable
-                                      else f"the cohort manifest ({manifest}) is not there."))
+                                      else f"the prepared manifest ({prepared}) is not there."))
         return section
+    table = fu.by_image(pd.read_csv(prepared, dtype={"image_id": str}))
     try:
-        table = pd.read_csv(manifest, dtype={"image_id": str}) if manifest.suffix == ".csv" \
-            else pd.read_parquet(manifest)
         covariates = fu.covariates_of(table, settings.fusion.covariates)
     except ValueError as err:
-        section.text(f"No fusion: {err}.")
+        section.text(f"No fusion: {prepared}: {err}.")
         return section
     fused = [fu.fuse_fold(f.fold, f.validation, f.test, covariates) for f in usable]
+    imputed = {name: sum(f.imputed.get(name, 0) for f in fused)
+               for name in settings.fusion.covariates}
     oracle = None
     oracle_csv = inputs.stage("phantom") / "oracle.csv" if inputs is not None else None
     if inputs is not None and inputs.is_phantom and oracle_csv.is_file():
@@ -265,6 +257,8 @@ def _fusion_section(folds: list[FoldOutputs], inputs: SweepInputs | None,
         f"{settings.n_boot:,} bootstrap resamples of patients."
         + (f" The phantom's full (image + clinical) oracle on the same images: "
            f"{pooled['auc_oracle_full']:.3f}." if oracle is not None else "")
+        + " Missing covariate values replaced by the fitted rows' median or most common value: "
+        + (", ".join(f"{name} {n:,}" for name, n in imputed.items() if n) or "none") + "."
         + " A validation set is small: the fused coefficients vary between folds (below), and "
         "the gain is an association on this cohort, not a causal or transportable claim.")
     section.table(_fmt(result[[c for c in result.columns if not c.endswith(("_lower", "_upper"))]]),
@@ -303,6 +297,7 @@ def _survival_blocks(section: Section, fused, folds: list[FoldOutputs], manifest
     except ValueError as err:
         section.text(f"No survival analysis: {err}.")
         return
+    left_out = int(manifest["tha_id"].reindex(scores["image_id"]).nunique()) - len(tha)
     if tha["event"].sum() == 0 or len(tha) < 2:
         section.text("No survival analysis: no test THA dislocated.")
         return
@@ -322,7 +317,9 @@ def _survival_blocks(section: Section, fused, folds: list[FoldOutputs], manifest
                  "or censored at the last radiograph) by the image model's risk group at each "
                  "fold's operating point (a THA is high risk when the mean of its images' logits "
                  "reaches the fold's threshold); Kaplan–Meier and Harrell's C from "
-                 "scikit-survival (report/survival.csv, report/c_index.csv).")
+                 "scikit-survival (report/survival.csv, report/c_index.csv)."
+                 + (f" {left_out:,} test THAs without usable dates (surgery, dislocation or "
+                    "follow-up) are left out." if left_out else ""))
     section.figure(path, "Kaplan–Meier curves of the high- and low-risk test THAs.")
     section.table(_fmt(c_index), "Harrell's C of the THA-level image-only and fused risks.")
 

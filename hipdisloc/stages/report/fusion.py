@@ -28,10 +28,15 @@ from hipdisloc.stages.report.statistics import auc, clustered_bootstrap_ci
 DEFAULT_COVARIATES = ("sex", "age", "bmi")
 
 
-def covariates_of(manifest: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
-    """The named covariates per ``image_id`` (one row per image); ValueError naming a column
-    the manifest lacks."""
-    table = manifest.drop_duplicates("image_id").set_index("image_id")
+def by_image(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Manifest rows indexed by ``image_id`` (one row each): what every function below reads."""
+    return manifest.drop_duplicates("image_id").set_index("image_id")
+
+
+def covariates_of(images: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+    """The named covariates per image of ``images`` (:func:`by_image`); ValueError naming a
+    column the manifest lacks."""
+    table = images
     if "bmi" in names and "bmi" not in table and {"weight_kg", "height_m"} <= set(table):
         weight = pd.to_numeric(table["weight_kg"], errors="coerce")
         height = pd.to_numeric(table["height_m"], errors="coerce")
@@ -99,6 +104,7 @@ class FusedFold:
     auc_fused: float
     coefficients: dict[str, float]  # of the fused model, per standardised covariate / logit
     test: pd.DataFrame  # image_id, patient, dislocated, image (logit), clinical, fused
+    imputed: dict[str, int]  # missing values replaced, per covariate (fitted and judged rows)
 
 
 def _logistic(x: np.ndarray, y: np.ndarray) -> LogisticRegression:
@@ -128,7 +134,7 @@ def fuse_fold(fold: int, validation: pd.DataFrame, test: pd.DataFrame,
                             strict=True))
     table = test[["image_id", "patient", "dislocated"]].assign(**scores)
     return FusedFold(fold, auc(labels, scores["clinical"]), auc(labels, scores["image"]),
-                     auc(labels, scores["fused"]), coefficients, table)
+                     auc(labels, scores["fused"]), coefficients, table, dict(encoder.imputed))
 
 
 def fusion_table(fused: Sequence[FusedFold], oracle: pd.DataFrame | None = None,
@@ -163,11 +169,11 @@ def fusion_table(fused: Sequence[FusedFold], oracle: pd.DataFrame | None = None,
     return pd.DataFrame(rows)
 
 
-def tha_scores(test: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
+def tha_scores(test: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
     """Risk per hip from its serial radiographs: per THA of ``test`` (image_id, dislocated,
     logit), the mean logit over its test images and the logit of its first postoperative image
-    (earliest ``image_date``), with its label and image count."""
-    info = manifest.drop_duplicates("image_id").set_index("image_id")
+    (earliest ``image_date``), with its label and image count. ``images``: :func:`by_image`."""
+    info = images
     missing = [c for c in ("tha_id", "image_date") if c not in info]
     if missing:
         raise ValueError(f"THA-level scores need the manifest's {missing}")
@@ -182,13 +188,13 @@ def tha_scores(test: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
                          "first_logit": grouped["logit"].first()})
 
 
-def tha_table(folds: Sequence[tuple[int, pd.DataFrame]], manifest: pd.DataFrame,
+def tha_table(folds: Sequence[tuple[int, pd.DataFrame]], images: pd.DataFrame,
               oracle: pd.DataFrame | None = None) -> pd.DataFrame:
     """THA-level test AUC per fold (mean logit, first image alone) and, on the phantom, the
     image-only oracle per THA (its images' mean ``risk_image_only``)."""
     rows = []
     for fold, test in folds:
-        tha = tha_scores(test, manifest)
+        tha = tha_scores(test, images)
         labels = tha["dislocated"].to_numpy(int)
         row = {"fold": str(fold), "thas": len(tha), "images": int(tha["images"].sum()),
                "auc_image_level": auc(test["dislocated"].to_numpy(int),
@@ -198,20 +204,20 @@ def tha_table(folds: Sequence[tuple[int, pd.DataFrame]], manifest: pd.DataFrame,
         if oracle is not None:
             risk = test.assign(risk=oracle["risk_image_only"].reindex(test["image_id"])
                                .to_numpy(float))
-            info = manifest.drop_duplicates("image_id").set_index("image_id")
-            risk["tha_id"] = info["tha_id"].reindex(risk["image_id"]).to_numpy()
+            risk["tha_id"] = images["tha_id"].reindex(risk["image_id"]).to_numpy()
             per_tha = risk.groupby("tha_id")["risk"].mean().reindex(tha.index)
             row["auc_tha_oracle"] = auc(labels, per_tha.to_numpy(float))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def tha_survival(manifest: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
+def tha_survival(images: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
     """Per THA of ``scores`` (image_id, and score columns: one value per image): time from
     surgery to dislocation (an event) or to its last radiograph (``followup_years``: censored),
     in years, and the mean of each score column over its images. ValueError naming the
-    manifest's missing date columns."""
-    info = manifest.drop_duplicates("image_id").set_index("image_id")
+    manifest's missing date columns. ``images``: :func:`by_image`; THAs without usable dates
+    are left out (the caller counts them)."""
+    info = images
     needed = ["tha_id", "surgery_date", "dislocated", "dislocation_date", "followup_years"]
     missing = [c for c in needed if c not in info]
     if missing:
