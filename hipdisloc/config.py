@@ -51,6 +51,24 @@ class InclusionRules:
 
 
 @dataclass
+class HeaderScreen:
+    """Which DICOM objects are taken for AP pelvis radiographs (hipdisloc.io.radiograph
+    .screen_header); the rest are excluded with the reason. An absent tag passes."""
+
+    enabled: bool = True
+    modalities: list[str] = field(default_factory=lambda: ["CR", "DX", "DR"])
+    secondary_captures: bool = False  # also take Modality OT / SC (scanned films, exports)
+    # BodyPartExamined values that name another body part (DICOM's defined terms); any other
+    # value passes, so local spellings of the pelvis are not lost
+    other_body_parts: list[str] = field(default_factory=lambda: [
+        "HEAD", "SKULL", "BRAIN", "NECK", "CSPINE", "TSPINE", "LSPINE", "SSPINE", "SPINE",
+        "CHEST", "THORAX", "BREAST", "HEART", "LUNG", "CLAVICLE", "SHOULDER", "ARM", "ELBOW",
+        "FOREARM", "WRIST", "HAND", "FINGER", "KNEE", "TIBIA", "ANKLE", "FOOT", "TOE", "JAW",
+        "TMJ", "SINUS", "ORBIT"])
+    lateral_views: list[str] = field(default_factory=lambda: ["LL", "RL", "LAT", "LATERAL"])
+
+
+@dataclass
 class PrepareSettings:
     """:mod:`hipdisloc.stages.prepare`: read, include, zero-pad to square, resize, cache."""
 
@@ -58,6 +76,7 @@ class PrepareSettings:
     cache_dtype: str = "uint16"  # uint16 keeps 16-bit detail; uint8 halves the cache
     apply_voi: bool = True  # apply the DICOM window / VOI LUT before normalising
     inclusion: InclusionRules = field(default_factory=InclusionRules)
+    screen: HeaderScreen = field(default_factory=HeaderScreen)
     workers: int = 2  # decoding processes
 
 
@@ -188,6 +207,9 @@ class EvaluationSettings:
     threshold: ThresholdSettings = field(default_factory=ThresholdSettings)
     by_sex_prevalence: float = 0.02  # male-only and female-only samples (the paper)
     by_sex_draws: int = 200  # Table 3: metrics averaged over this many seeded draws
+    # training crops whose features record the fold's feature distribution (predict's
+    # "unlike the training crops" gate; hipdisloc.ood), a seeded sample, each once, unaugmented
+    feature_sample: int = 2000
 
 
 @dataclass
@@ -299,6 +321,9 @@ class TrainConfig(FoldConfig):
     """``python -m hipdisloc.train``: the study (conf/train.yaml)."""
 
     name: str = "rouzrokh2021"  # the experiment's name: folders and W&B group
+    # before a multirun starts: print its estimated wall time on this machine (print), print
+    # it and stop (only), or not (off); hipdisloc.stages.train.estimate
+    estimate: str = "print"
     paths: PathsConfig = field(default_factory=PathsConfig)
     cohort: CohortConfig = field(default_factory=CohortConfig)
     detector: DetectorSettings = field(default_factory=DetectorSettings)
@@ -360,6 +385,9 @@ class PredictSettings:
     overlay_size: int = 256  # overlays are enlarged to at least this many pixels
     boxes: str | None = None  # a COCO file: its boxes instead of the detector's
     threshold: float | None = None  # None: calibration.json's operating point
+    # a hip is `uncertain` (no risk, no class) when its crop's feature distance lies beyond
+    # this percentile of the training crops' own (median over the folds; hipdisloc.ood)
+    ood_percentile: float = 99.9
     device: str = "cpu"  # cpu | cuda
     progress: bool = True
 

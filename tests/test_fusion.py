@@ -144,3 +144,91 @@ def test_survival_by_risk_group_and_harrells_c():
     assert at["high risk"] < at["low risk"]
     with pytest.raises(ValueError, match="followup_years"):
         tha_survival(by_image(manifest.drop(columns="followup_years")), scores)
+
+
+def test_the_pooled_record_recovers_the_model_and_its_cis_cover_it(tmp_path):
+    """fusion.json: fitted on the pooled validation images of several folds, it recovers the
+    known coefficients; their patient-clustered CIs cover them; it survives a save and load."""
+    from hipdisloc.stages.report.fusion_record import FusionRecord, fit_record
+
+    parts, manifests = [], []
+    for fold in range(3):
+        manifest, validation = _cohort(8_000, 30 + fold)
+        parts.append((fold, validation))
+        manifests.append(manifest)
+    covariates = covariates_of(by_image(pd.concat(manifests)), COVARIATES)
+    record = fit_record(parts, covariates)
+    pooled = pd.concat(manifests)
+    truth = {"image_logit": 0.8, "sex=M": 0.7,
+             "age": 0.05 * record.numeric["age"]["sd"], "bmi": 0.1 * record.numeric["bmi"]["sd"]}
+    for term, value in truth.items():
+        lower, upper = record.intervals[term]
+        assert lower < value < upper, (term, lower, value, upper)
+        assert upper - lower < 0.2
+    assert record.levels == {"sex": ["F", "M"]}
+    assert record.numeric["age"]["low"] == pytest.approx(pooled["age"].min())
+    assert "folds 0-2 (24,000 images" in record.fitted_on
+    again = FusionRecord.load(record.save(tmp_path / "fusion.json"))
+    assert again == record
+
+
+def _record():
+    from hipdisloc.stages.report.fusion_record import FusionRecord
+
+    return FusionRecord(
+        covariates=["sex", "age", "bmi"],
+        numeric={"age": {"mean": 66.0, "sd": 10.0, "low": 30.0, "high": 95.0},
+                 "bmi": {"mean": 29.0, "sd": 5.0, "low": 15.0, "high": 55.0}},
+        levels={"sex": ["F", "M"]},
+        coefficients={"intercept": -3.0, "image_logit": 0.9, "sex=M": -0.4, "age": 0.3,
+                      "bmi": 0.2})
+
+
+def test_a_rows_fused_risk_is_the_records_formula_and_bad_covariates_are_named():
+    record = _record()
+    x, problems = record.encode({"sex": "m", "age": "76", "weight_kg": "90", "height_m": "1.8"})
+    assert problems == []
+    bmi = 90 / 1.8**2
+    z = -3.0 + 0.9 * 1.25 - 0.4 * 1 + 0.3 * (76 - 66) / 10 + 0.2 * (bmi - 29) / 5
+    assert record.risk(1.25, x) == pytest.approx(1 / (1 + np.exp(-z)), rel=1e-12)
+    x, problems = record.encode({"sex": "F", "age": "70", "bmi": "31"})  # bmi given: used
+    assert record.risk(0.0, x) == pytest.approx(
+        1 / (1 + np.exp(-(-3.0 + 0.3 * 0.4 + 0.2 * 0.4))), rel=1e-12)
+    cases = {
+        "age missing": {"sex": "F", "bmi": "25"},
+        "age='old': not a number": {"sex": "F", "age": "old", "bmi": "25"},
+        "age=120: outside 30–95, the range the fusion was fitted on":
+            {"sex": "F", "age": "120", "bmi": "25"},
+        "sex='X': not one of F, M": {"sex": "X", "age": "60", "bmi": "25"},
+        "bmi missing (nor weight_kg and height_m)": {"sex": "F", "age": "60",
+                                                     "weight_kg": "80"},
+    }
+    for message, row in cases.items():
+        x, problems = record.encode(row)
+        assert x is None and problems == [message], (row, problems)
+    x, problems = record.encode({})
+    assert len(problems) == 3  # every problem of the row at once
+
+
+def test_probabilities_fitted_on_validation_are_calibrated_on_test():
+    """Drawn from the fused model itself: on test images its probabilities have slope ≈ 1 and
+    calibration-in-the-large ≈ 0, and the image-only model's mean risk matches the observed
+    share (Platt on validation) while missing the covariates' spread (lower Brier for fused)."""
+    from hipdisloc.stages.report.fusion import calibration_table
+
+    parts = []
+    for fold in range(2):
+        manifest, validation = _cohort(20_000, 40 + fold)
+        test_manifest, test = _cohort(20_000, 50 + fold)
+        covariates = covariates_of(by_image(pd.concat([manifest, test_manifest])), COVARIATES)
+        parts.append(fuse_fold(fold, validation, test, covariates))
+    table = calibration_table(parts)
+    assert list(table["fold"].unique()) == ["0", "1", "pooled"]
+    pooled = table[table["fold"] == "pooled"].set_index("model")
+    assert pooled.loc["fused", "slope"] == pytest.approx(1.0, abs=0.08)
+    assert pooled.loc["fused", "intercept"] == pytest.approx(0.0, abs=0.05)
+    for model in ("clinical", "image", "fused"):
+        assert pooled.loc[model, "mean_risk"] == pytest.approx(pooled.loc[model, "observed"],
+                                                               abs=0.01)
+    assert pooled.loc["fused", "brier"] < min(pooled.loc["image", "brier"],
+                                              pooled.loc["clinical", "brier"])

@@ -116,7 +116,7 @@ def test_broken_files_are_excluded_with_reasons_and_the_batch_goes_on(small_phan
     assert s.reconciles() and s.n_prepared == len(included) - 3
     excluded = pd.read_csv(tmp_path / "out" / "exclusions.csv").set_index("path")
     assert excluded.loc[gone, "reason"] == "file not found"
-    assert excluded.loc[corrupt, "reason"] == "not a DICOM file"
+    assert excluded.loc[corrupt, "reason"] == "not an image file"  # typed by content
     assert excluded.loc[truncated, "reason"] in {"pixel data cannot be decoded",
                                                  "unreadable DICOM"}
 
@@ -179,3 +179,39 @@ def test_hidden_files_are_listed_not_skipped(tmp_path):
                 progress=False)
     excluded = pd.read_csv(tmp_path / "out" / "exclusions.csv").set_index("path")
     assert excluded.loc[".DS_Store", "reason"] == "hidden file" and s.reconciles()
+
+
+def test_pydicoms_test_corpus_prepares_only_radiographs_and_prints_nothing(tmp_path, capfd):
+    """pydicom's own test files and pydicom-data's (CT, MR, US, NM, RT, SEG, SR, broken files):
+    every file gets a row, no object of another modality is prepared as a radiograph, and the
+    libraries' warnings land in the rows, not on the console."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    own = Path(pydicom.__file__).parent / "data" / "test_files"
+    extra = Path(get_testdata_file("RG3_UNCR.dcm", download=False)).parent
+    for name, folder in (("pydicom", own), ("pydicom_data", extra)):
+        shutil.copytree(folder, corpus / name)
+    files = [f for f in corpus.rglob("*") if f.is_file()]
+    out = tmp_path / "out"
+    s = prepare(out, PrepareSettings(image_size=32, workers=2), images=corpus, progress=False)
+    captured = capfd.readouterr()
+    assert s.n_in == len(files) and s.reconciles()
+    prepared = pd.read_csv(out / "prepared.csv", dtype=str)
+    modalities = {}
+    for path in prepared["path"]:
+        ds = pydicom.dcmread(corpus / path, stop_before_pixels=True, force=True)
+        modalities[path] = str(ds.get("Modality", ""))
+    others = {p: m for p, m in modalities.items()
+              if m in {"CT", "MR", "US", "NM", "PT", "RTDOSE", "RTSTRUCT", "RTPLAN", "RTIMAGE",
+                       "SEG", "SR", "OT", "SC", "XA", "MG"}}
+    assert not others, others
+    assert s.n_prepared >= 5  # the corpus's CR/DX radiographs (and tag-less rasters)
+    excluded = pd.read_csv(out / "exclusions.csv")
+    reasons = excluded["reason"].value_counts()
+    assert reasons.get("not a radiograph: modality CT", 0) > 0
+    assert reasons.get("not a radiograph: modality MR", 0) > 0
+    console = captured.out + captured.err
+    assert "Warning" not in console and "warn" not in console.lower(), console[-2000:]

@@ -113,7 +113,7 @@ def test_modality_lut_rescale_is_applied(tmp_path):
 
 
 @pytest.mark.parametrize("case, reason", [
-    ("random_bytes", "not a DICOM file"),
+    ("random_bytes", "not an image file"),
     ("truncated", "pixel data cannot be decoded"),
     ("no_pixels", "no pixel data"),
     ("multi_frame", "multi-frame"),
@@ -214,3 +214,113 @@ def test_the_display_lookup_table_equals_the_pixelwise_pipeline(dtype, lo, hi, p
     assert got.dtype == np.float32 and got.shape == values.shape
     np.testing.assert_allclose(got, expected, atol=1e-6)
     assert len(np.unique(got)) > 10  # not flattened by the window
+
+
+def _ramp() -> np.ndarray:
+    return (np.arange(64 * 48).reshape(64, 48) % 4000).astype(np.uint16)
+
+
+def _raster(path: Path, fmt: str) -> Path:
+    picture = Image.fromarray((np.arange(64 * 48).reshape(64, 48) % 251).astype(np.uint8))
+    picture.save(path, format=fmt)
+    return path
+
+
+@pytest.mark.parametrize("fmt, kind", [("PNG", "png"), ("JPEG", "jpeg"), ("TIFF", "tiff"),
+                                       ("GIF", "gif"), ("BMP", "bmp")])
+def test_rasters_are_typed_by_content_whatever_their_name(tmp_path, fmt, kind):
+    from hipdisloc.io.file_type import file_kind
+
+    for name in (f"right.{kind}", "wrong.dcm", "no_extension"):
+        path = _raster(tmp_path / name, fmt)
+        assert file_kind(path) == kind, name
+        image = read_radiograph(path).image
+        assert image.shape == (64, 48) and 0.0 <= image.min() < image.max() <= 1.0
+
+
+def test_dicom_is_typed_by_content_with_or_without_its_preamble(tmp_path):
+    from hipdisloc.io.file_type import file_kind
+
+    reference = read_radiograph(_write_dicom(tmp_path / "r.dcm", _ramp())).image
+    renamed = tmp_path / "scan.jpg"
+    renamed.write_bytes((tmp_path / "r.dcm").read_bytes())
+    bare = tmp_path / "bare"  # no preamble, no DICM, no file meta: a dataset alone
+    ds = pydicom.dcmread(tmp_path / "r.dcm")
+    del ds.file_meta
+    ds.preamble = None
+    ds.save_as(bare, enforce_file_format=False, implicit_vr=True, little_endian=True)
+    assert bare.read_bytes()[:2] == b"\x08\x00"  # starts at the first element
+    for path in (renamed, bare):
+        assert file_kind(path) == "dicom", path.name
+        np.testing.assert_array_equal(read_radiograph(path).image, reference)
+
+
+@pytest.mark.parametrize("content, detail", [
+    (b"%PDF-1.7\n" + b"x" * 200, "the content is a PDF document"),
+    (b"PK\x03\x04" + b"\x00" * 200, "the content is a ZIP archive"),
+    (b'{"landmarks": [1, 2, 3]}\n', "the content is text"),
+    (bytes(range(7, 250)) * 3, "neither DICOM nor PNG, JPEG, TIFF, GIF or BMP"),
+])
+def test_anything_else_is_not_an_image_file_and_says_what_it_is(tmp_path, content, detail):
+    for name in ("file.dcm", "file.png", "file"):
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(RadiographError) as err:
+            read_radiograph(path)
+        assert err.value.reason == "not an image file" and detail in err.value.detail, name
+
+
+def test_an_empty_file_says_so(tmp_path):
+    for name in ("empty.dcm", "empty.png", "empty"):
+        (tmp_path / name).write_bytes(b"")
+        with pytest.raises(RadiographError) as err:
+            read_radiograph(tmp_path / name)
+        assert err.value.reason == "empty file"
+
+
+@pytest.mark.parametrize("tags, reason", [
+    ({"Modality": "CT"}, "not a radiograph: modality CT"),
+    ({"Modality": "MR"}, "not a radiograph: modality MR"),
+    ({"Modality": "OT"}, "not a radiograph: modality OT"),
+    ({"BodyPartExamined": "CHEST"}, "not a pelvis: body part CHEST"),
+    ({"ViewPosition": "LL"}, "not an AP view: view position LL"),
+    ({"Modality": "CR", "BodyPartExamined": "BECKEN", "ViewPosition": "AP"}, None),
+    ({"Modality": "DX", "BodyPartExamined": "PELVIS"}, None),
+    ({"Modality": ""}, None),  # blank: passes
+])
+def test_the_header_screen_names_what_the_object_is(tmp_path, tags, reason):
+    from hipdisloc.config import HeaderScreen
+
+    path = _write_dicom(tmp_path / "x.dcm", _ramp(), **tags)
+    if reason is None:
+        assert read_radiograph(path, screen=HeaderScreen()).image.shape == (64, 48)
+        return
+    with pytest.raises(RadiographError) as err:
+        read_radiograph(path, screen=HeaderScreen())
+    assert err.value.reason == reason
+    read_radiograph(path)  # without a screen (the reader alone): read
+    read_radiograph(path, screen=HeaderScreen(enabled=False))
+    if tags.get("Modality") == "OT":
+        read_radiograph(path, screen=HeaderScreen(secondary_captures=True))
+
+
+def test_library_warnings_are_kept_with_the_file_not_printed(tmp_path, capfd):
+    """PIL's decompression-bomb warning and pydicom's complaints go to the radiograph's
+    ``warnings`` (or the error's detail), not to the console."""
+    big = tmp_path / "big.png"
+    Image.fromarray((np.arange(300 * 200).reshape(200, 300) % 200).astype(np.uint8)).save(big)
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 300 * 200 // 2 + 1  # 60,000 pixels are now "over" the guard
+    try:
+        radiograph = read_radiograph(big)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    assert any("DecompressionBombWarning" in w for w in radiograph.warnings)
+    # a truncated DICOM: pydicom warns while reading it, then it cannot be decoded
+    data = _write_dicom(tmp_path / "w.dcm", _ramp()).read_bytes()
+    (tmp_path / "t.dcm").write_bytes(data[: len(data) - 2000])
+    with pytest.raises(RadiographError) as err:
+        read_radiograph(tmp_path / "t.dcm")
+    out, errors = capfd.readouterr()
+    assert "Warning" not in out + errors and "pydicom" not in out + errors
+    assert err.value.reason == "pixel data cannot be decoded"

@@ -1,4 +1,5 @@
-"""Read one radiograph (DICOM, PNG, JPEG, TIFF) into a float32 image in [0, 1], bone bright.
+"""Read one radiograph (DICOM, PNG, JPEG, TIFF, GIF, BMP: typed by content) into a float32
+image in [0, 1], bone bright.
 
 DICOM follows the standard's display pipeline: decode (compressed transfer syntaxes through the
 installed pylibjpeg / openjpeg / RLE plugins), modality LUT (rescale slope / intercept), VOI LUT
@@ -11,17 +12,25 @@ job can record it and carry on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pydicom
 from PIL import Image, UnidentifiedImageError
+from pydicom.dataset import FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+from hipdisloc.config import HeaderScreen
+from hipdisloc.io.file_type import RASTER_KINDS, describe_unknown, file_kind
+
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -40,15 +49,82 @@ class Radiograph:
     source: str
     photometric: str | None = None
     bits_stored: int | None = None
+    warnings: list[str] = field(default_factory=list)  # what the libraries warned reading it
 
 
-def read_radiograph(path: str | Path, apply_voi: bool = True) -> Radiograph:
+def read_radiograph(path: str | Path, apply_voi: bool = True,
+                    screen: HeaderScreen | None = None) -> Radiograph:
+    """The radiograph in ``path``, typed by its content (:func:`~hipdisloc.io.file_type
+    .file_kind`), not its name. ``screen``: DICOM objects that are not AP pelvis radiographs
+    are refused (:func:`screen_header`). Warnings the libraries raise while reading (pydicom,
+    PIL) are kept in ``warnings`` (or in the error's detail), never printed."""
     path = Path(path)
     if not path.is_file():
         raise RadiographError(path, "file not found")
-    if path.suffix.lower() in RASTER_SUFFIXES:
-        return _read_raster(path)
-    return _read_dicom(path, apply_voi)
+    with library_warnings() as caught:
+        try:
+            kind = file_kind(path)
+            if kind == "empty":
+                raise RadiographError(path, "empty file", "0 bytes")
+            if kind == "dicom":
+                radiograph = _read_dicom(path, apply_voi, screen)
+            elif kind in RASTER_KINDS:
+                radiograph = _read_raster(path)
+            else:
+                raise RadiographError(path, "not an image file", describe_unknown(path))
+        except RadiographError as err:
+            if caught:
+                err.detail = "; ".join(filter(None, [err.detail, "warnings: " + " | ".join(
+                    dict.fromkeys(caught))]))
+            raise
+        except OSError as err:
+            raise RadiographError(path, "unreadable file", str(err)) from err
+    radiograph.warnings = list(dict.fromkeys(caught))
+    return radiograph
+
+
+@contextmanager
+def library_warnings() -> Iterator[list[str]]:
+    """Collect what pydicom and PIL warn about (``warnings`` and the ``pydicom`` logger) into a
+    list instead of the console."""
+    caught: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            caught.append(f"pydicom: {record.getMessage()}")
+
+    logger = logging.getLogger("pydicom")
+    handler, propagate = Collect(logging.WARNING), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        with warnings.catch_warnings(record=True) as recorded:
+            warnings.simplefilter("always")
+            yield caught
+            caught.extend(f"{w.category.__name__}: {w.message}" for w in recorded)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def screen_header(ds: pydicom.Dataset, screen: HeaderScreen) -> str | None:
+    """Why a DICOM object is not an AP pelvis radiograph (its Modality, BodyPartExamined or
+    ViewPosition), or None. An absent or blank tag passes."""
+    if not screen.enabled:
+        return None
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    accepted = {m.upper() for m in screen.modalities}
+    if screen.secondary_captures:
+        accepted |= {"OT", "SC"}
+    if modality and modality not in accepted:
+        return f"not a radiograph: modality {modality}"
+    part = str(ds.get("BodyPartExamined", "") or "").strip().upper()
+    if part and part in {p.upper() for p in screen.other_body_parts}:
+        return f"not a pelvis: body part {part}"
+    view = str(ds.get("ViewPosition", "") or "").strip().upper()
+    if view and view in {v.upper() for v in screen.lateral_views}:
+        return f"not an AP view: view position {view}"
+    return None
 
 
 def _normalise(values: np.ndarray, path: Path) -> np.ndarray:
@@ -84,13 +160,18 @@ def _read_raster(path: Path) -> Radiograph:
     return Radiograph(_normalise(values, path), None, str(path))
 
 
-def _read_dicom(path: Path, apply_voi: bool) -> Radiograph:
+def _read_dicom(path: Path, apply_voi: bool, screen: HeaderScreen | None = None
+                ) -> Radiograph:
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path, force=True)  # typed as DICOM by its content already
     except InvalidDicomError as err:
         raise RadiographError(path, "not a DICOM file", str(err)) from err
     except Exception as err:  # truncated headers raise a variety of errors
         raise RadiographError(path, "unreadable DICOM", f"{type(err).__name__}: {err}") from err
+    if screen is not None:
+        reason = screen_header(ds, screen)
+        if reason is not None:
+            raise RadiographError(path, reason, f"SOP class {ds.get('SOPClassUID', 'unknown')}")
     if "PixelData" not in ds:
         raise RadiographError(path, "no pixel data")
     try:
@@ -99,6 +180,13 @@ def _read_dicom(path: Path, apply_voi: bool) -> Radiograph:
         frames = 1  # a malformed optional tag; the decoder decides
     if frames > 1:
         raise RadiographError(path, "multi-frame", f"{frames} frames")
+    if "TransferSyntaxUID" not in ds.get("file_meta", {}):
+        # a dataset without its file meta (no preamble): uncompressed, as it was read
+        implicit, little = ds.original_encoding
+        ds.file_meta = ds.get("file_meta") or FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else
+            ExplicitVRLittleEndian if little in (True, None) else ExplicitVRBigEndian)
     syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
     try:
         values = ds.pixel_array

@@ -31,21 +31,22 @@ from hipdisloc.config import PrepareSettings
 from hipdisloc.geometry import square_resize
 from hipdisloc.io import cache
 from hipdisloc.io.atomic import write_csv, write_text
+from hipdisloc.io.file_type import file_kind
 from hipdisloc.io.manifest import inclusion_exclusions, load_manifest
-from hipdisloc.io.radiograph import RASTER_SUFFIXES, RadiographError, read_radiograph
+from hipdisloc.io.radiograph import RadiographError, library_warnings, read_radiograph
 from hipdisloc.stats import table1, table1_unlabelled, to_markdown
 
 # Bump when decoding or geometry changes: it invalidates every cache entry.
 # 2: resize before padding (pad offsets in output pixels), LUT-based display pipeline.
-READER_VERSION = 2
-NOT_IMAGES = {".json", ".txt", ".md", ".csv", ".xml", ".html", ".pdf", ".zip", ".py", ".yaml"}
+READER_VERSION = 3  # 3: files typed by content; DICOM headers screened
 EXCLUSION_COLUMNS = ["image_id", "line", "path", "stage", "reason", "detail"]
 
 
 def cache_key(settings: PrepareSettings) -> str:
-    """What a cached image depends on: the reader and the settings that change pixels."""
+    """What a cached image depends on: the reader, the settings that change pixels, and the
+    header screen (which decides whether there is an image at all)."""
     key = json.dumps([READER_VERSION, settings.image_size, settings.cache_dtype,
-                      settings.apply_voi])
+                      settings.apply_voi, asdict(settings.screen)])
     return hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
@@ -78,9 +79,14 @@ def manifest_from_folder(folder: str | Path) -> pd.DataFrame:
         rel = f.relative_to(folder)
         row = {"image_id": rel.as_posix(), "path": rel.as_posix(), "file": str(f),
                "patient_id": pd.NA, "sex": pd.NA, "image_date": pd.NaT}
-        if f.suffix.lower() not in RASTER_SUFFIXES | NOT_IMAGES:
+        try:
+            is_dicom = file_kind(f) == "dicom"
+        except OSError:
+            is_dicom = False  # reading it reports what is wrong
+        if is_dicom:
             try:
-                ds = pydicom.dcmread(f, stop_before_pixels=True)
+                with library_warnings():  # reading the image records them
+                    ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
                 row["patient_id"] = str(ds.get("PatientID", "")) or pd.NA
                 row["sex"] = str(ds.get("PatientSex", "")) or pd.NA
                 row["image_date"] = pd.to_datetime(str(ds.get("StudyDate", "")),
@@ -98,11 +104,8 @@ def _prepare_one(task: tuple[dict, PrepareSettings, str]) -> dict:
     row, settings, out_dir = task
     result = {"image_id": row["image_id"]}
     try:
-        suffix = Path(row["file"]).suffix.lower()
         if Path(row["file"]).name.startswith("."):
             raise RadiographError(row["file"], "hidden file")
-        if suffix in NOT_IMAGES:
-            raise RadiographError(row["file"], "not an image file", f"suffix {suffix}")
         if not Path(row["file"]).is_file():
             raise RadiographError(row["file"], "file not found")
         source_hash = cache.file_hash(row["file"])
@@ -112,7 +115,8 @@ def _prepare_one(task: tuple[dict, PrepareSettings, str]) -> dict:
                 and previous["cache_key"] == cache_key(settings)
                 and (Path(out_dir) / "cache" / rel).is_file()):
             return {**previous, "status": "reused"}
-        radiograph = read_radiograph(row["file"], apply_voi=settings.apply_voi)
+        radiograph = read_radiograph(row["file"], apply_voi=settings.apply_voi,
+                                     screen=settings.screen)
         square, frame = square_resize(radiograph.image, settings.image_size)
         cache.save_atomic(Path(out_dir) / "cache" / rel, cache.encode(square, settings.cache_dtype))
         spacing = radiograph.pixel_spacing_mm
@@ -121,7 +125,8 @@ def _prepare_one(task: tuple[dict, PrepareSettings, str]) -> dict:
                 "orig_height": frame.height, "orig_width": frame.width,
                 "pad_top": frame.pad_top, "pad_left": frame.pad_left, "scale": frame.scale,
                 "pixel_spacing_mm": spacing[0] if spacing else float("nan"),
-                "photometric": radiograph.photometric or "", "bits_stored": radiograph.bits_stored}
+                "photometric": radiograph.photometric or "", "bits_stored": radiograph.bits_stored,
+                "read_warnings": " | ".join(radiograph.warnings)}
     except RadiographError as err:
         return {**result, "status": "excluded", "reason": err.reason, "detail": err.detail}
     except Exception as err:  # noqa: BLE001 - one bad file never stops the batch
@@ -131,7 +136,7 @@ def _prepare_one(task: tuple[dict, PrepareSettings, str]) -> dict:
 
 GEOMETRY_COLUMNS = ["image_id", "source_hash", "cache_key", "cache_path", "orig_height",
                     "orig_width", "pad_top", "pad_left", "scale", "pixel_spacing_mm",
-                    "photometric", "bits_stored"]
+                    "photometric", "bits_stored", "read_warnings"]
 JOURNAL = "prepare.journal.jsonl"
 
 

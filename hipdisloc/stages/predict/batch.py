@@ -8,6 +8,7 @@ error row with its reason and the batch goes on.
 Output folder::
 
     predictions.csv      one row per scored hip, and one error row per failed file
+                         (fused_risk: the sweep's fusion.json on the row's covariates)
     json/<image>.json    one per input file: its hips (or its error), scores, settings
     overlays/<image>-<side>.png   the crop with the fold-averaged saliency map blended on top
     predict.json         the run: sweep, folds, operating point, calibration, counts
@@ -53,21 +54,23 @@ PHANTOM_WARNING = ("trained on the synthetic phantom cohort: these scores are NO
                    "risks")
 BASE_COLUMNS = ["image_id", "file", "line", "patient", "side", "side_source", "status",
                 "reason", "detail", "score", "score_sd", "score_min", "score_max", "n_folds",
-                "calibrated_risk", "threshold", "threshold_on", "risk_class", "box_source",
-                "box_score", "qc_flags", "box_x0", "box_y0", "box_x1", "box_y1", "overlay",
-                "json"]
+                "ood_percentile", "calibrated_risk", "fused_risk", "fusion_note", "threshold",
+                "threshold_on", "risk_class", "box_source", "box_score", "qc_flags", "box_x0",
+                "box_y0", "box_x1", "box_y1", "overlay", "json"]
 
 
 @dataclass
 class PredictSummary:
     n_files: int
     n_failed: int
-    n_hips: int
+    n_hips: int  # hips given a risk (status ok)
     failed_by_reason: dict
     seconds: float
     files_per_second: float
     out_dir: str
     operating_point: dict = field(default_factory=dict)
+    n_uncertain: int = 0  # hips scored but given no risk (status uncertain)
+    uncertain_by_reason: dict = field(default_factory=dict)
 
 
 def columns(study: Study) -> list[str]:
@@ -138,6 +141,53 @@ def _json_default(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     return str(value)
+
+
+def feature_percentiles(study: Study, features: list[np.ndarray]) -> list[float | None]:
+    """Per hip: where its crop's features fall among the training crops' (percentile, the
+    median over the folds that recorded a distribution), or None when none did."""
+    per_fold = [d.percentile(f) for d, f in zip(study.features, features, strict=True)
+                if d is not None]
+    if not per_fold:
+        return [None] * len(features[0])
+    return [float(v) for v in np.median(np.stack(per_fold, axis=1), axis=1)]
+
+
+def gate_reasons(hip: Hip, percentile: float | None, gate: float) -> list[str]:
+    """Why a hip gets no risk: no box at or above ``min_score`` (``low_score``), a crop beyond
+    ``gate`` of the training crops' feature distances. Empty: the hip is scored."""
+    reasons = []
+    if "low_score" in hip.flags:
+        reasons.append("no confident hip")
+    if percentile is not None and percentile > gate:
+        reasons.append("unlike the training crops")
+    return reasons
+
+
+def fused_risks(study: Study, items: Sequence[InputItem],
+                fold_scores: np.ndarray) -> list[tuple[float | None, str]]:
+    """Per hip: (the sweep's fused risk, or None, and why not). The image input is the mean of
+    the folds' logits; the covariates come from the input manifest's row."""
+    record = study.fusion
+    if record is None:
+        return [(None, "")] * len(items)
+    clipped = np.clip(fold_scores, 1e-7, 1 - 1e-7)
+    image_logits = np.log(clipped / (1 - clipped)).mean(axis=1)
+    out = []
+    for item, logit in zip(items, image_logits, strict=True):
+        if not item.columns:
+            out.append((None, "no fused risk: the input has no covariates (pass a manifest "
+                              f"with {', '.join(_covariate_columns(record))})"))
+            continue
+        encoded, problems = record.encode(dict(item.columns))
+        out.append((record.risk(float(logit), encoded), "") if encoded is not None else
+                   (None, "no fused risk: " + "; ".join(problems)))
+    return out
+
+
+def _covariate_columns(record) -> list[str]:
+    return [n for c in record.covariates
+            for n in (["bmi (or weight_kg and height_m)"] if c == "bmi" else [c])]
 
 
 def _risk_class(mean: float, calibrated: float | None, op: OperatingPoint) -> str:
@@ -212,7 +262,7 @@ def _prepare_batch(items, study, outputs) -> tuple[list, list, list[dict]]:
     for item in items:
         try:
             prepared.append(prepare_image(item.file, study.image_size, study.prepare_dtype,
-                                          study.apply_voi))
+                                          study.apply_voi, study.screen))
             ok_items.append(item)
         except RadiographError as err:
             errors.append(_fail(outputs, study, item, err.reason, err.detail))
@@ -247,22 +297,30 @@ def score_batch(scorer: Scorer, items: Sequence[InputItem], outputs: Outputs) ->
     if not hips:
         return rows
     batch = ens.as_batch(crops).to(scorer.device)
-    fold_scores = ens.score(scorer.ensemble, batch)
+    fold_scores, features = ens.score_with_features(scorer.ensemble, batch)
+    percentiles = feature_percentiles(study, features)
     stats = ens.spread(fold_scores)
     calibrated = (np.asarray(study.calibration(stats["score"]), float)
                   if study.calibration is not None else None)
     maps = ens.saliency(study.models, batch) if settings.saliency else None
+    fused = fused_risks(study, [item for item, _, _ in hips], fold_scores)
     per_image: dict[str, list[dict]] = {}
     for n, (item, p, hip) in enumerate(hips):
-        cal = float(calibrated[n]) if calibrated is not None else None
+        doubts = gate_reasons(hip, percentiles[n], settings.ood_percentile)
+        cal = float(calibrated[n]) if calibrated is not None and not doubts else None
         box = box_in_original(p, hip.box)
         row = {"image_id": item.image_id, "file": item.path, "line": item.line,
                "patient": item.patient, "side": hip.side, "side_source": hip.side_source,
-               "status": "ok", "reason": "", "detail": "",
+               "status": "uncertain" if doubts else "ok", "reason": "; ".join(doubts),
+               "detail": " | ".join(p.warnings),
                **{k: float(v[n]) for k, v in stats.items()}, "n_folds": len(study.folds),
-               "calibrated_risk": cal, "threshold": scorer.op.threshold,
+               "ood_percentile": percentiles[n],
+               "calibrated_risk": cal, "fused_risk": None if doubts else fused[n][0],
+               "fusion_note": "" if doubts else fused[n][1],
+               "threshold": scorer.op.threshold,
                "threshold_on": scorer.op.applies_to,
-               "risk_class": _risk_class(float(stats["score"][n]), cal, scorer.op),
+               "risk_class": "" if doubts else _risk_class(float(stats["score"][n]), cal,
+                                                             scorer.op),
                "box_source": scorer.box_source, "box_score": hip.score,
                "qc_flags": ";".join(hip.flags),
                **dict(zip(("box_x0", "box_y0", "box_x1", "box_y1"), box, strict=True)),
@@ -286,9 +344,9 @@ def _warning(study: Study) -> str:
 
 
 def _image_record(item: InputItem, rows: list[dict], scorer: Scorer) -> dict:
-    hip_keys = ("side", "side_source", "score", "score_sd", "score_min", "score_max",
-                "calibrated_risk", "risk_class", "box_source", "box_score", "qc_flags",
-                "overlay")
+    hip_keys = ("side", "side_source", "status", "reason", "score", "score_sd", "score_min",
+                "score_max", "ood_percentile", "calibrated_risk", "fused_risk", "fusion_note",
+                "risk_class", "box_source", "box_score", "qc_flags", "overlay")
     hips = []
     for r in rows:
         hip = {k: r.get(k) for k in hip_keys}
@@ -297,9 +355,11 @@ def _image_record(item: InputItem, rows: list[dict], scorer: Scorer) -> dict:
                               if k.startswith("score_fold")}
         hips.append(hip)
     study = scorer.study
+    status = "ok" if any(r["status"] == "ok" for r in rows) else "uncertain"
     return {"image_id": item.image_id, "file": item.path, "line": item.line,
-            "patient": item.patient, "status": "ok", "hips": hips,
+            "patient": item.patient, "status": status, "hips": hips,
             "operating_point": asdict(scorer.op), "calibration": study.calibration_note,
+            "fusion": study.fusion_note,
             "sweep": str(study.folder), "folds": study.folds, "warning": _warning(study)}
 
 
@@ -313,6 +373,7 @@ def predict(items: Sequence[InputItem], study: Study, out_dir: str | Path,
     scorer = Scorer(study, settings)
     outputs = Outputs(out, study)
     failed: Counter = Counter()
+    uncertain: Counter = Counter()
     n_hips = 0
     start = time.perf_counter()
     bar = tqdm(total=len(items), desc="predict", unit="img", disable=not settings.progress)
@@ -321,7 +382,8 @@ def predict(items: Sequence[InputItem], study: Study, out_dir: str | Path,
             rows = score_batch(scorer, batch, outputs)
             outputs.rows(rows)
             n_hips += sum(r["status"] == "ok" for r in rows)
-            scored = {r["image_id"] for r in rows if r["status"] == "ok"}
+            uncertain.update(r["reason"] for r in rows if r["status"] == "uncertain")
+            scored = {r["image_id"] for r in rows if r["status"] in ("ok", "uncertain")}
             for r in rows:
                 if r["status"] == "error" and r["image_id"] not in scored:
                     failed[r["reason"]] += 1
@@ -334,12 +396,16 @@ def predict(items: Sequence[InputItem], study: Study, out_dir: str | Path,
         n_files=len(items), n_failed=sum(failed.values()), n_hips=n_hips,
         failed_by_reason=dict(failed), seconds=round(seconds, 3),
         files_per_second=round(len(items) / seconds, 3) if seconds > 0 else float("nan"),
-        out_dir=str(out), operating_point=asdict(scorer.op))
+        out_dir=str(out), operating_point=asdict(scorer.op),
+        n_uncertain=sum(uncertain.values()), uncertain_by_reason=dict(uncertain))
     record = {"summary": asdict(summary), "settings": asdict(settings),
               "sweep": str(study.folder), "folds": study.folds, "missing_folds": study.missing,
               "detector": None if settings.boxes else str(study.detector),
               "crop": asdict(study.crop), "prepare_image_size": study.image_size,
-              "calibration": study.calibration_note, "notes": study.notes,
+              "calibration": study.calibration_note, "fusion": study.fusion_note,
+              "crop_gate": {"note": study.features_note,
+                            "ood_percentile": settings.ood_percentile},
+              "notes": study.notes,
               "warning": _warning(study)}
     write_text(out / "predict.json", json.dumps(record, indent=2, default=_json_default))
     return summary

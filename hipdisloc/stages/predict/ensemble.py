@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from hipdisloc.data.classification import normalise
+from hipdisloc.ood import features_and_logits
 
 
 class FoldEnsemble(torch.nn.Module):
@@ -56,6 +57,20 @@ def score(ensemble: FoldEnsemble, batch: torch.Tensor) -> np.ndarray:
     with torch.no_grad():
         _, per_fold = ensemble(batch)
     return per_fold.detach().cpu().double().numpy()
+
+
+def score_with_features(ensemble: FoldEnsemble, batch: torch.Tensor
+                        ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Fold scores (B, K) as :func:`score` gives them, and each fold's penultimate features
+    (K arrays (B, 512)) from the same pass (:func:`hipdisloc.ood.features_and_logits`)."""
+    x = batch.expand(-1, 3, -1, -1)
+    scores, features = [], []
+    with torch.no_grad():
+        for net in ensemble.nets:
+            f, logit = features_and_logits(net, x)
+            scores.append(torch.sigmoid(logit))
+            features.append(f.cpu().double().numpy())
+    return torch.stack(scores, dim=1).cpu().double().numpy(), features
 
 
 def saliency(models: Sequence[torch.nn.Module], batch: torch.Tensor) -> np.ndarray:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from hipdisloc.config import HeaderScreen
 from hipdisloc.data.detection import DetectionDataset, collate, eval_transform
 from hipdisloc.geometry import (
     IMAGE_HALF_OF_SIDE,
@@ -31,7 +32,6 @@ from hipdisloc.geometry import (
 from hipdisloc.io import cache
 from hipdisloc.io.radiograph import RadiographError, read_radiograph
 from hipdisloc.stages.crop import CropSettings, choose_tha_box
-from hipdisloc.stages.prepare import NOT_IMAGES
 
 SIDE_OF_IMAGE_HALF = {half: side for side, half in IMAGE_HALF_OF_SIDE.items()}
 
@@ -48,6 +48,7 @@ class NoHipError(Exception):
 class Prepared:
     square: np.ndarray  # float32 (S, S) in [0, 1]: what the prepare stage caches
     frame: SquareFrame  # where the original image sits in the square
+    warnings: tuple[str, ...] = ()  # what the libraries warned reading the file
 
 
 @dataclass(frozen=True)
@@ -61,17 +62,16 @@ class Hip:
 
 
 def prepare_image(file: str | Path, image_size: int, cache_dtype: str = "uint16",
-                  apply_voi: bool = True) -> Prepared:
+                  apply_voi: bool = True, screen: HeaderScreen | None = None) -> Prepared:
     """Read one radiograph and make the prepared square; :class:`RadiographError` names the
-    file and what is wrong (the prepare stage's reasons)."""
+    file and what is wrong (the prepare stage's reasons, its header screen included)."""
     file = Path(file)
     if file.name.startswith("."):
         raise RadiographError(file, "hidden file")
-    if file.suffix.lower() in NOT_IMAGES:
-        raise RadiographError(file, "not an image file", f"suffix {file.suffix.lower()}")
-    radiograph = read_radiograph(file, apply_voi=apply_voi)
+    radiograph = read_radiograph(file, apply_voi=apply_voi, screen=screen)
     square, frame = square_resize(radiograph.image, image_size)
-    return Prepared(cache.decode(cache.encode(square, cache_dtype)), frame)
+    return Prepared(cache.decode(cache.encode(square, cache_dtype)), frame,
+                    tuple(radiograph.warnings))
 
 
 class _InMemory(DetectionDataset):
@@ -104,7 +104,8 @@ def detect(model, squares: list[np.ndarray], input_size: int,
 
 
 class GroundTruthBoxes:
-    """Boxes from a COCO file (the ``boxes_from=ground_truth`` switch), score 1.
+    """Boxes from a COCO file (the ``boxes_from=ground_truth`` switch): score 1, or the
+    annotation's ``score`` where it has one (``detect mode=propose`` writes them).
 
     An image matches a COCO entry by ``file_name``, ``id`` or ``path`` against the input's image
     id, path as written, file name or file stem. Boxes are in original pixels, as the
@@ -118,7 +119,8 @@ class GroundTruthBoxes:
             per_image: dict = {}
             for ann in coco["annotations"]:
                 x, y, w, h = ann["bbox"]
-                per_image.setdefault(ann["image_id"], []).append((x, y, x + w, y + h))
+                per_image.setdefault(ann["image_id"], []).append(
+                    (x, y, x + w, y + h, float(ann.get("score", 1.0))))
             self.keys: dict[str, list] = {}
             for im in coco["images"]:
                 for k in (im.get("file_name"), im.get("id"), im.get("path")):
@@ -137,8 +139,9 @@ class GroundTruthBoxes:
         boxes = self.lookup(keys)
         if boxes is None:
             raise NoHipError("no hip detected", f"no entry for this image in {self.path.name}")
-        square = np.array([frame.box_to_square(b) for b in boxes], np.float32).reshape(-1, 4)
-        return square, np.ones(len(square), np.float32)
+        square = np.array([frame.box_to_square(b[:4]) for b in boxes],
+                          np.float32).reshape(-1, 4)
+        return square, np.array([b[4] for b in boxes], np.float32)
 
 
 def _hip(box, score, flags, side, source, width, height, dilation) -> Hip:

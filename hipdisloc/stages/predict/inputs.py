@@ -6,8 +6,9 @@ that are not radiographs become error rows, never silently skipped.
 
 A manifest (CSV or Parquet) needs a ``path`` column (relative paths resolve against the
 manifest's folder, or ``data_root``); ``image_id``, ``side`` (``L``/``R``: the THA side; blank
-for unknown) and ``patient_id`` are optional. Without a side (a folder, a bare file, a blank
-cell) both hips are scored, each its own row.
+for unknown) and ``patient_id`` are optional; any other column (e.g. the covariates of the
+sweep's fused risk: ``sex``, ``age``, ``weight_kg``, ``height_m``) is carried with the item.
+Without a side (a folder, a bare file, a blank cell) both hips are scored, each its own row.
 
 Patient identifiers are never written in clear: the patient id (manifest column or DICOM
 ``PatientID``) is written as the salted hash training uses, and where it appears inside a path
@@ -22,14 +23,16 @@ from pathlib import Path
 import pandas as pd
 import pydicom
 
+from hipdisloc.io.file_type import file_kind
 from hipdisloc.io.manifest import ManifestError, ManifestIssue, read_table
-from hipdisloc.io.radiograph import RASTER_SUFFIXES
-from hipdisloc.stages.prepare import NOT_IMAGES, manifest_from_folder
+from hipdisloc.io.radiograph import library_warnings
+from hipdisloc.stages.prepare import manifest_from_folder
 from hipdisloc.stages.train.fold import patient_hash
 
 MANIFEST_SUFFIXES = {".csv", ".parquet", ".pq"}
 UNKNOWN_SIDES = {"", "?", "U", "UNKNOWN", "BOTH", "B"}
 MIN_REDACTED_LENGTH = 3  # shorter ids would match inside unrelated names
+OWN_COLUMNS = {"path", "image_id", "side", "patient_id", "line"}
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class InputItem:
     side: str | None  # "L" / "R" (the THA side) or None: unknown, both hips are scored
     patient: str  # salted hash of the patient id, "" when unknown
     line: int | None = None  # manifest line
+    # the manifest row's other cells (covariates for the fused risk), as (column, text) pairs
+    columns: tuple[tuple[str, str], ...] = ()
 
 
 def redact(text: str, patient_id: str | None) -> str:
@@ -51,22 +56,32 @@ def redact(text: str, patient_id: str | None) -> str:
 
 def header_patient_id(file: str | Path) -> str | None:
     """The DICOM ``PatientID`` of a file, or None (not DICOM, unreadable, absent)."""
-    if Path(file).suffix.lower() in RASTER_SUFFIXES | NOT_IMAGES:
-        return None
     try:
-        ds = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["PatientID"])
+        if file_kind(file) != "dicom":
+            return None
+        with library_warnings():  # reading the image records them
+            ds = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["PatientID"],
+                                 force=True)
     except Exception:  # noqa: BLE001 - reading the image reports what is wrong with it
         return None
     return str(ds.get("PatientID", "")) or None
 
 
 def _item(file: str | Path, shown: str, image_id: str | None, side: str | None,
-          patient_id: str | None, line: int | None = None) -> InputItem:
+          patient_id: str | None, line: int | None = None,
+          columns: tuple[tuple[str, str], ...] = ()) -> InputItem:
     shown_redacted = redact(shown, patient_id)
     return InputItem(file=str(file), path=shown_redacted,
                      image_id=redact(image_id, patient_id) if image_id else shown_redacted,
                      side=side, patient=patient_hash(patient_id) if patient_id else "",
-                     line=line)
+                     line=line, columns=columns)
+
+
+def _other_cells(row: dict) -> tuple[tuple[str, str], ...]:
+    """A manifest row's cells other than the ones read here, blank ones left out."""
+    return tuple((str(k), str(v).strip()) for k, v in row.items()
+                 if k not in OWN_COLUMNS and v is not None and not pd.isna(v)
+                 and str(v).strip())
 
 
 def _side(value) -> str | None:
@@ -110,7 +125,7 @@ def from_manifest(manifest: str | Path, data_root: str | Path | None = None) -> 
         if image_id is None and path in repeated:  # one film, two THAs: one id per row
             image_id = f"{path}#line{r['line']}"
         items.append(_item(file, path, image_id, _side(r.get("side")),
-                           patient or header_patient_id(file), int(r["line"])))
+                           patient or header_patient_id(file), int(r["line"]), _other_cells(r)))
     return items
 
 

@@ -40,8 +40,9 @@ LIMITATIONS = [
     "Inputs must look like the training images: AP pelvis radiographs with a THA, prepared and "
     "cropped by hipdisloc's own pipeline (the exported models take normalised crops, not "
     "radiographs).",
-    "Only image-visible risk factors can be learnt; clinical factors (sex, age, BMI) and "
-    "anything not on the radiograph are not used.",
+    "Only image-visible risk factors can be learnt by the image model; clinical factors (sex, "
+    "age, BMI) enter only through the fused risk, when the sweep has a fusion record, and "
+    "anything else not on the radiograph is not used.",
     "Every image of the sweep's own cohort was a training image of most fold models: the "
     "ensemble's scores on that cohort are optimistic; judge the models on the per-fold test "
     "metrics, and the ensemble on new radiographs.",
@@ -117,6 +118,43 @@ def training_data(study: Study) -> dict:
     return data
 
 
+def fusion_summary(study: Study) -> dict:
+    """The fused risk's covariates and coefficients (with their 95 % CIs), from fusion.json."""
+    record = study.fusion
+    if record is None:
+        return {"note": study.fusion_note}
+    return {"note": study.fusion_note, "covariates": record.covariates,
+            "image_input": record.image_input, "fitted_on": record.fitted_on,
+            "numeric": record.numeric, "levels": record.levels,
+            "coefficients": [{"term": term, "coefficient": value,
+                              "ci95": record.intervals.get(term)}
+                             for term, value in record.coefficients.items()]}
+
+
+def _fusion_markdown(fusion: dict) -> list[str]:
+    if "coefficients" not in fusion:
+        return ["## Image + clinical fused risk", "", f"None: {fusion['note']}."]
+    lines = ["## Image + clinical fused risk", "",
+             f"`fused_risk` = sigmoid(intercept + b · image logit + Σ b_j · x_j), fitted on the "
+             f"{fusion['fitted_on']}; image logit: {fusion['image_input']}. Covariates (manifest "
+             f"columns): {', '.join(fusion['covariates'])}; numeric ones standardised "
+             "(x = (value − mean) / SD) and accepted only within the fitted range, text ones "
+             "coded against their first category.", "",
+             "| Term | Coefficient | 95 % CI | Standardised by / range |", "|---|---|---|---|"]
+    for c in fusion["coefficients"]:
+        ci = c["ci95"] or [None, None]
+        spec = fusion["numeric"].get(c["term"])
+        scale = (f"mean {spec['mean']:.3g}, SD {spec['sd']:.3g}; {spec['low']:g}–"
+                 f"{spec['high']:g}" if spec else "")
+        if "=" in c["term"]:
+            name = c["term"].split("=", 1)[0]
+            scale = f"against {name}={fusion['levels'][name][0]}"
+        lines.append(f"| {c['term']} | {c['coefficient']:.3f} | "
+                     + (f"{ci[0]:.3f} to {ci[1]:.3f}" if None not in ci else "n/a")
+                     + f" | {scale} |")
+    return lines
+
+
 def model_card(study: Study, exports: list[dict] | None = None) -> dict:
     cfg = study.config
     folds = fold_metrics(study)
@@ -153,6 +191,7 @@ def model_card(study: Study, exports: list[dict] | None = None) -> dict:
         "operating_point": {"threshold": op.threshold, "applies_to": op.applies_to,
                             "source": op.source},
         "calibration": study.calibration_note,
+        "fusion": fusion_summary(study),
         "intended_use": INTENDED_USE,
         "limitations": LIMITATIONS,
         "exports": exports or [],
@@ -223,6 +262,7 @@ def to_markdown(card: dict) -> str:
                   + (f"; the phantom's image-only oracle on the same images: "
                      f"{s['phantom_oracle_auc']['mean']:.3f}"
                      if "phantom_oracle_auc" in s else "") + "."]
+    lines += ["", *_fusion_markdown(card["fusion"])]
     lines += ["", "## Limitations", ""] + [f"- {item}" for item in card["limitations"]]
     if card["exports"]:
         lines += ["", "## Exported files", "", "| Format | File | Checked with | max abs. "

@@ -20,10 +20,15 @@ def score(cfg: PredictCommand, study) -> int:
     op = s.operating_point
     print(f"predict -> {s.out_dir}/predictions.csv\n"
           f"  files {s.n_files} = scored {s.n_files - s.n_failed} + failed {s.n_failed}; "
-          f"hips scored {s.n_hips}; {s.files_per_second:.2f} files/s\n"
+          f"hips with a risk {s.n_hips}, uncertain {s.n_uncertain}"
+          + (" (" + ", ".join(f"{k} {v}" for k, v in sorted(s.uncertain_by_reason.items()))
+             + ")" if s.n_uncertain else "")
+          + f"; {s.files_per_second:.2f} files/s\n"
           f"  ensemble of {len(study.folds)} fold(s) from {study.folder}; risk class at "
           f"{op['threshold']:g} on the {op['applies_to']} ({op['source']})\n"
-          f"  {study.calibration_note}")
+          f"  {study.calibration_note}\n"
+          f"  {study.fusion_note}\n"
+          f"  {study.features_note}")
     if study.phantom:
         print(f"  WARNING: {PHANTOM_WARNING}")
     if s.n_failed:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from hipdisloc.config import CropSettings
+from hipdisloc.config import CropSettings, HeaderScreen
 from hipdisloc.models.classifier import DislocationClassifier, load_selected
 from hipdisloc.paths import PROJECT_ROOT
 
@@ -52,6 +52,7 @@ class Study:
     image_size: int  # prepared square
     prepare_dtype: str
     apply_voi: bool
+    screen: HeaderScreen  # the DICOM header screen the folds' images went through
     crop: CropSettings
     model_threshold: float
     data_dir: Path | None
@@ -60,6 +61,11 @@ class Study:
     calibration: object | None = None  # hipdisloc.stages.report.calibration.Recalibration
     calibration_note: str = ""
     calibration_operating_point: OperatingPoint | None = None
+    fusion: object | None = None  # hipdisloc.stages.report.fusion_record.FusionRecord
+    # per fold, its training crops' feature distribution (hipdisloc.ood), None when absent
+    features: list = field(default_factory=list)
+    features_note: str = ""
+    fusion_note: str = ""
     notes: list[str] = field(default_factory=list)
 
 
@@ -219,6 +225,7 @@ def load_study(sweep: str | Path, detector: str | Path | None = None,
         image_size=int(OmegaConf.select(cfg, "prepare.image_size")),
         prepare_dtype=str(OmegaConf.select(cfg, "prepare.cache_dtype") or "uint16"),
         apply_voi=bool(OmegaConf.select(cfg, "prepare.apply_voi", default=True)),
+        screen=HeaderScreen(**_section(cfg, "prepare.screen")),  # older sweeps: defaults
         crop=settings, model_threshold=folds_threshold(ready, cfg),
         data_dir=data_dir, detector=detector,
         phantom=OmegaConf.select(cfg, "cohort.phantom") is not None)
@@ -232,7 +239,49 @@ def load_study(sweep: str | Path, detector: str | Path | None = None,
     else:
         study.calibration_note = (f"no {CALIBRATION_FILE} in the sweep folder (python -m "
                                   "hipdisloc.report writes it): calibrated risks left empty")
+    study.fusion, study.fusion_note = load_fusion(folder)
+    study.features, study.features_note = load_feature_distributions(ready)
     return study
+
+
+def load_feature_distributions(fold_dirs: list[Path]) -> tuple[list, str]:
+    """Each fold's training-crop feature distribution (``checkpoints/feature_distribution.npz``,
+    written at the end of training); folds trained before it existed: None, and the note says
+    the crop gate is off for them."""
+    from hipdisloc.ood import FILENAME, FeatureDistribution
+
+    found, missing = [], []
+    for p in fold_dirs:
+        path = p / CHECKPOINT.parent / FILENAME
+        if path.is_file():
+            try:
+                found.append(FeatureDistribution.load(path))
+            except (OSError, ValueError, KeyError) as err:
+                raise StudyError(f"{path}: not a feature distribution ({err})") from err
+        else:
+            found.append(None)
+            missing.append(p.name)
+    if len(missing) == len(fold_dirs):
+        return found, ("no fold recorded its training crops' features (trained by an older "
+                       "version): the 'unlike the training crops' gate is off")
+    note = "crop gate: each fold's training-crop feature distribution"
+    return found, note + (f" (absent for {', '.join(missing)})" if missing else "")
+
+
+def load_fusion(folder: Path):
+    """(FusionRecord or None, note) from the sweep's ``fusion.json`` (the report writes it)."""
+    from hipdisloc.stages.report.fusion_record import FILENAME, FusionRecord
+
+    path = folder / FILENAME
+    if not path.is_file():
+        return None, (f"no {FILENAME} in the sweep folder (the report writes it when the "
+                      "manifest has the fusion's covariates): fused risks left empty")
+    try:
+        record = FusionRecord.load(path)
+    except ValueError as err:
+        raise StudyError(str(err)) from err
+    return record, (f"{FILENAME}: image logit + {', '.join(record.covariates)}, fitted on the "
+                    f"{record.fitted_on}")
 
 
 def folds_threshold(fold_dirs: list[Path], cfg) -> float:

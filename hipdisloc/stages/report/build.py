@@ -210,12 +210,23 @@ def _fold_figures(fold: FoldOutputs) -> list[Path]:
     return paths
 
 
-def _fusion_section(folds: list[FoldOutputs], inputs: SweepInputs | None,
-                    settings: ReportSettings, out: Path) -> Section | None:
-    """Image + clinical fusion per fold and pooled (``report/fusion.csv``), with the fused
-    models' coefficients (``report/fusion_coefficients.csv``)."""
-    from hipdisloc.stages.report import fusion as fu
+def _coefficient_rows(fits: list[tuple[str, dict, dict]]) -> pd.DataFrame:
+    """Long table (fold, term, coefficient, lower, upper) of fitted models' coefficients."""
+    return pd.DataFrame([{"fold": fold, "term": term, "coefficient": value,
+                          "lower": intervals[term][0], "upper": intervals[term][1]}
+                         for fold, coefficients, intervals in fits
+                         for term, value in coefficients.items()])
 
+
+def _fusion_section(folds: list[FoldOutputs], inputs: SweepInputs | None,
+                    settings: ReportSettings, sweep: Path, out: Path) -> Section | None:
+    """Image + clinical fusion per fold and pooled (``report/fusion.csv``), with the fused
+    models' coefficients (``report/fusion_coefficients.csv``), and the pooled validation fit
+    ``predict`` applies (``SWEEP/fusion.json``)."""
+    from hipdisloc.stages.report import fusion as fu
+    from hipdisloc.stages.report import fusion_record
+
+    (sweep / fusion_record.FILENAME).unlink(missing_ok=True)  # only this report's, if any
     if not settings.fusion.enabled:
         return None
     section = Section("Beyond the paper: image + clinical fusion")
@@ -241,7 +252,13 @@ def _fusion_section(folds: list[FoldOutputs], inputs: SweepInputs | None,
         oracle = pd.read_csv(oracle_csv, dtype={"image_id": str}).set_index("image_id")
     result = fu.fusion_table(fused, oracle, settings.n_boot, settings.seed)
     write_csv(result, out / "fusion.csv")
-    coefficients = pd.DataFrame([{"fold": f.fold, **f.coefficients} for f in fused])
+    calibration = fu.calibration_table(fused)
+    write_csv(calibration, out / "fusion_calibration.csv")
+    record = fusion_record.fit_record([(f.fold, f.validation) for f in usable], covariates)
+    record.save(sweep / fusion_record.FILENAME)
+    coefficients = _coefficient_rows(
+        [(str(f.fold), f.coefficients, f.intervals) for f in fused]
+        + [("pooled (fusion.json)", record.coefficients, record.intervals)])
     write_csv(coefficients, out / "fusion_coefficients.csv")
     pooled = result.iloc[-1]
     section.text(
@@ -263,9 +280,23 @@ def _fusion_section(folds: list[FoldOutputs], inputs: SweepInputs | None,
         "the gain is an association on this cohort, not a causal or transportable claim.")
     section.table(_fmt(result[[c for c in result.columns if not c.endswith(("_lower", "_upper"))]]),
                   "Test AUC per fold and pooled (report/fusion.csv also holds the pooled CIs).")
-    section.table(_fmt(coefficients), "The fused model's coefficients per fold (log-odds per "
-                  "unit of the image logit, per SD of a numeric covariate, against the "
-                  "reference category of a text one).")
+    wide = coefficients.assign(value=[
+        f"{r.coefficient:.3f} ({r.lower:.3f} to {r.upper:.3f})" for r in coefficients.itertuples()
+    ]).pivot(index="fold", columns="term", values="value")
+    section.table(wide.loc[coefficients["fold"].unique(), coefficients["term"].unique()]
+                  .reset_index(),
+                  "The fused model's coefficients per fold with their 95 % CIs (sandwich "
+                  "covariance clustered by patient): log-odds per unit of the image logit, per "
+                  "SD of a numeric covariate, against the reference category of a text one. "
+                  f"The last row, fitted on the {record.fitted_on}, is what `predict` applies "
+                  f"(`{fusion_record.FILENAME}` in the sweep folder: `fused_risk` beside "
+                  "`calibrated_risk`).")
+    pooled_calibration = calibration[calibration["fold"] == "pooled"]
+    section.table(_fmt(pooled_calibration.drop(columns="fold")),
+                  "Calibration on the pooled test images of the three models' probabilities "
+                  "(each fitted on its fold's validation images): slope (1 ideal), "
+                  "calibration-in-the-large (0 ideal), Brier score, mean risk against the share "
+                  "observed; per fold in report/fusion_calibration.csv.")
     try:
         tha = fu.tha_table([(f.fold, f.test) for f in usable], table, oracle)
     except ValueError as err:
@@ -377,7 +408,7 @@ def build_report(sweep_dir: str | Path, settings: ReportSettings | None = None) 
         "Each image called at its fold's threshold; a resample without a defined value (e.g. "
         "NPV with no negative calls) is left out and counted.")
     sections.append(s_ci)
-    fusion = _fusion_section(folds, inputs, settings, out)
+    fusion = _fusion_section(folds, inputs, settings, sweep, out)
     if fusion is not None:
         sections.append(fusion)
 

@@ -23,7 +23,12 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
-from hipdisloc.stages.report.statistics import auc, clustered_bootstrap_ci
+from hipdisloc.stages.report.statistics import (
+    auc,
+    brier,
+    calibration_slope_intercept,
+    clustered_bootstrap_ci,
+)
 
 DEFAULT_COVARIATES = ("sex", "age", "bmi")
 
@@ -103,12 +108,36 @@ class FusedFold:
     auc_image: float
     auc_fused: float
     coefficients: dict[str, float]  # of the fused model, per standardised covariate / logit
+    intervals: dict[str, tuple[float, float]]  # their 95 % CIs (patient-clustered sandwich)
     test: pd.DataFrame  # image_id, patient, dislocated, image (logit), clinical, fused
+    #                     (log-odds), p_image, p_clinical, p_fused (their probabilities)
     imputed: dict[str, int]  # missing values replaced, per covariate (fitted and judged rows)
 
 
-def _logistic(x: np.ndarray, y: np.ndarray) -> LogisticRegression:
+def fit_logistic(x: np.ndarray, y: np.ndarray) -> LogisticRegression:
     return LogisticRegression(C=1e4, max_iter=1000).fit(x, y)  # (barely) unpenalised
+
+
+def coefficient_intervals(model: LogisticRegression, x: np.ndarray, y: np.ndarray,
+                          clusters: Sequence, z: float = 1.959964) -> list[tuple[float, float]]:
+    """95 % CIs of a fitted logistic model's intercept and coefficients (in that order), from
+    the sandwich covariance clustered by patient (several images of one patient are not
+    independent): H⁻¹ (Σ_g s_g s_gᵀ) H⁻¹ · G/(G − 1), with H the information matrix and s_g the
+    score summed over cluster g's rows. NaN bounds when H is singular."""
+    design = np.hstack([np.ones((len(x), 1)), x])
+    beta = np.r_[model.intercept_, model.coef_[0]]
+    p = 1 / (1 + np.exp(-design @ beta))
+    information = design.T @ (design * (p * (1 - p))[:, None])
+    scores = pd.DataFrame(design * (y - p)[:, None]).groupby(np.asarray(clusters)).sum()
+    groups = len(scores)
+    try:
+        bread = np.linalg.inv(information)
+    except np.linalg.LinAlgError:
+        return [(float("nan"), float("nan"))] * len(beta)
+    meat = scores.to_numpy().T @ scores.to_numpy()
+    covariance = bread @ meat @ bread * (groups / max(groups - 1, 1))
+    se = np.sqrt(np.clip(np.diag(covariance), 0, None))
+    return [(float(b - z * e), float(b + z * e)) for b, e in zip(beta, se, strict=True)]
 
 
 def fuse_fold(fold: int, validation: pd.DataFrame, test: pd.DataFrame,
@@ -123,18 +152,25 @@ def fuse_fold(fold: int, validation: pd.DataFrame, test: pd.DataFrame,
     x_val = encoder.transform(val_cov)
     x_test = encoder.transform(test_cov)
     image_val, image_test = (t["logit"].to_numpy(float)[:, None] for t in (validation, test))
-    clinical = _logistic(x_val, y)
-    fused = _logistic(np.hstack([image_val, x_val]), y)
+    clinical = fit_logistic(x_val, y)
+    image = fit_logistic(image_val, y)  # Platt scaling: the image model's own probability
+    fused = fit_logistic(np.hstack([image_val, x_val]), y)
     labels = test["dislocated"].to_numpy(int)
     scores = {"image": image_test[:, 0],
               "clinical": clinical.decision_function(x_test),
               "fused": fused.decision_function(np.hstack([image_test, x_test]))}
-    coefficients = dict(zip(["intercept", "image_logit", *encoder.columns()],
-                            [float(fused.intercept_[0]), *map(float, fused.coef_[0])],
+    probabilities = {"p_image": image.predict_proba(image_test)[:, 1],
+                     "p_clinical": clinical.predict_proba(x_test)[:, 1],
+                     "p_fused": fused.predict_proba(np.hstack([image_test, x_test]))[:, 1]}
+    names = ["intercept", "image_logit", *encoder.columns()]
+    coefficients = dict(zip(names, [float(fused.intercept_[0]), *map(float, fused.coef_[0])],
                             strict=True))
-    table = test[["image_id", "patient", "dislocated"]].assign(**scores)
+    intervals = dict(zip(names, coefficient_intervals(fused, np.hstack([image_val, x_val]), y,
+                                                      validation["patient"]), strict=True))
+    table = test[["image_id", "patient", "dislocated"]].assign(**scores, **probabilities)
     return FusedFold(fold, auc(labels, scores["clinical"]), auc(labels, scores["image"]),
-                     auc(labels, scores["fused"]), coefficients, table, dict(encoder.imputed))
+                     auc(labels, scores["fused"]), coefficients, intervals, table,
+                     dict(encoder.imputed))
 
 
 def fusion_table(fused: Sequence[FusedFold], oracle: pd.DataFrame | None = None,
@@ -166,6 +202,25 @@ def fusion_table(fused: Sequence[FusedFold], oracle: pd.DataFrame | None = None,
         row.update({"auc_oracle_full": ci.estimate, "auc_oracle_full_lower": ci.lower,
                     "auc_oracle_full_upper": ci.upper})
     rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def calibration_table(fused: Sequence[FusedFold]) -> pd.DataFrame:
+    """How well each model's probabilities (all three fitted on validation images at the real
+    prevalence) match the test images: per fold and pooled, per model, the calibration slope
+    (1 ideal), calibration-in-the-large (0 ideal), Brier score and mean risk against the share
+    observed."""
+    rows = []
+    parts = [(str(f.fold), f.test) for f in fused]
+    parts.append(("pooled", pd.concat([f.test for f in fused], ignore_index=True)))
+    for fold, table in parts:
+        labels = table["dislocated"].to_numpy(int)
+        for kind in ("clinical", "image", "fused"):
+            probs = table[f"p_{kind}"].to_numpy(float)
+            fit = calibration_slope_intercept(labels, probs)
+            rows.append({"fold": fold, "model": kind, "slope": fit.slope,
+                         "intercept": fit.intercept, "brier": brier(labels, probs),
+                         "mean_risk": float(probs.mean()), "observed": float(labels.mean())})
     return pd.DataFrame(rows)
 
 

@@ -37,11 +37,17 @@ from pytorch_lightning.utilities import rank_zero_only
 from scipy.special import expit
 
 from hipdisloc.config import FoldConfig, trainer_arguments
-from hipdisloc.data.classification import ClassificationDataModule, oversampled_index
+from hipdisloc.data.classification import (
+    ClassificationDataModule,
+    CropDataset,
+    oversampled_index,
+)
 from hipdisloc.io.atomic import write_csv, write_text
 from hipdisloc.lr_finder import find_lr
 from hipdisloc.metrics import Selection, confusion_metrics, repeated_draw_metrics
 from hipdisloc.models.classifier import DislocationClassifier, resolve_pretrained
+from hipdisloc.ood import FILENAME as FEATURES_FILE
+from hipdisloc.ood import FeatureDistribution, features_and_logits, pass_rate
 from hipdisloc.progress import QUIET_LIMIT_S, epoch_due, epoch_line, say
 from hipdisloc.thresholds import ThresholdRule, choose_threshold, logit, training_log_odds
 
@@ -447,6 +453,44 @@ def _prediction_table(images: pd.DataFrame, logits: np.ndarray) -> pd.DataFrame:
                          "logit": logits, "score": expit(logits)})
 
 
+GATES = (99.0, 99.9)  # percentiles at which the fold reports the held-out crops' pass rate
+
+
+def crop_features(dm: ClassificationDataModule, rows: pd.DataFrame,
+                  net: torch.nn.Module) -> np.ndarray:
+    """Penultimate features (N, 512) of the crops of ``rows``, each once, unaugmented."""
+    dataset = CropDataset(rows, dm.crops_dir, pack=dm.pack_index())
+    out = []
+    net.eval()
+    device = next(net.parameters()).device
+    with torch.no_grad():
+        for start in range(0, len(dataset), 64):
+            images, _, _ = dataset.__getitems__(list(range(start, min(start + 64,
+                                                                       len(dataset)))))
+            images = images.to(device).float().expand(-1, 3, -1, -1)
+            features, _ = features_and_logits(net, images)
+            out.append(features.double().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 512))
+
+
+def record_feature_distribution(dm: ClassificationDataModule, net: torch.nn.Module,
+                                sample: int, seed: int, out: Path) -> dict:
+    """Fit and save the fold's feature distribution (:mod:`hipdisloc.ood`): mean and
+    covariance of a sample of its training crops, percentiles of its validation and test crops'
+    distances; return what was used, and where the training crops themselves fall."""
+    train = dm.subset("train")
+    rows = train.sample(n=min(sample, len(train)), random_state=seed) if sample < len(train) \
+        else train
+    training = crop_features(dm, rows, net)
+    held_out = dm.subset("non_training")
+    distribution = FeatureDistribution.fit(training, crop_features(dm, held_out, net))
+    distribution.save(out)
+    within = distribution.percentile(training)
+    return {"file": out.name, "training_crops": len(rows), "reference_crops": len(held_out),
+            "shrinkage": distribution.shrinkage,
+            "training_crops_pass_rate": {f"{g:g}": pass_rate(within, g) for g in GATES}}
+
+
 def threshold_rule(s: FoldConfig) -> ThresholdRule:
     t = s.evaluation.threshold
     return ThresholdRule(t.rule, t.target, t.value)
@@ -515,6 +559,9 @@ def train_fold(crops_dir: str | Path, out_dir: str | Path, s: FoldConfig,
               "pretrained": resolve_pretrained(s.model.pretrained),
               "world_size": second.world_size}
     if second.is_global_zero:
+        result["feature_distribution"] = record_feature_distribution(
+            dm, run.model.net, s.evaluation.feature_sample, s.seed + s.fold,
+            run.ckpt_dir / FEATURES_FILE)
         torch.save({"state_dict": run.model.state_dict(), "hparams": dict(run.model.hparams)},
                    run.ckpt_dir / "selected.pt")
         write_csv(_prediction_table(test, logits["test"]), out / "predictions.csv")

@@ -9,12 +9,13 @@ another in this process), read at its end for the closing headline (:mod:`hipdis
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 
 import pandas as pd
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hipdisloc.progress import end_study, headline, report_line, say, start_study
 from hipdisloc.stages.report.aggregate import SweepTables, aggregate
@@ -78,10 +79,14 @@ class AggregateOnSweepEnd(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self.started = time.monotonic()
+        params = config.hydra.sweeper.get("params")
+        jobs = sweep_size(list(config.hydra.overrides.task), dict(params) if params else None)
+        if config.get("estimate", "print") != "off":
+            say_estimate(config, jobs)
+            if config.estimate == "only":
+                raise SystemExit(0)
         if sequential(config):  # the folds share this process, hence the study's ETA
-            params = config.hydra.sweeper.get("params")
-            start_study(sweep_size(list(config.hydra.overrides.task),
-                                   dict(params) if params else None))
+            start_study(jobs)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         end_study()
@@ -101,6 +106,29 @@ class AggregateOnSweepEnd(Callback):
         say(headline(tables.results, seconds, phantom=config.cohort.get("phantom") is not None,
                      report=report.html if report is not None else None,
                      tables=sweep_dir / "table2.md", missing=tables.missing))
+
+
+def say_estimate(config: DictConfig, jobs: int | None) -> None:
+    """The study's estimated wall time on this machine, before anything runs
+    (:mod:`hipdisloc.stages.train.estimate`); an estimate that fails is logged, never fatal."""
+    from hipdisloc.config import to_settings
+    from hipdisloc.stages.train import estimate as est
+
+    try:
+        cfg = config.copy()
+        with open_dict(cfg):
+            cfg.pop("hydra", None)
+            cfg.fold = 0  # the sweep's folds share every other setting
+        settings = to_settings(cfg)
+        n_folds = jobs or 1
+        launcher = config.hydra.launcher
+        parallel = 1 if sequential(config) else max(1, int(launcher.get("n_jobs", 1) or 1))
+        costs, size = est.estimate(settings, math.ceil(n_folds / parallel),
+                                   Path(settings.paths.data_dir))
+        for line in est.describe(costs, size, settings, n_folds, est.device_of(settings)):
+            say(line)
+    except Exception as err:  # noqa: BLE001 - the study runs whether or not it was estimated
+        log.warning("no estimate of the study's time (%s: %s)", type(err).__name__, err)
 
 
 def build_sweep_report(sweep_dir: Path, config: DictConfig):
