@@ -52,8 +52,9 @@ class InclusionRules:
 
 @dataclass
 class HeaderScreen:
-    """Which DICOM objects are taken for AP pelvis radiographs (hipdisloc.io.radiograph
-    .screen_header); the rest are excluded with the reason. An absent tag passes."""
+    """Which files are taken for AP pelvis radiographs (hipdisloc.io.radiograph.screen_header:
+    the DICOM header; and any colour picture); the rest are excluded with the reason. An
+    absent tag passes."""
 
     enabled: bool = True
     modalities: list[str] = field(default_factory=lambda: ["CR", "DX", "DR"])
@@ -66,6 +67,9 @@ class HeaderScreen:
         "FOREARM", "WRIST", "HAND", "FINGER", "KNEE", "TIBIA", "ANKLE", "FOOT", "TOE", "JAW",
         "TMJ", "SINUS", "ORBIT"])
     lateral_views: list[str] = field(default_factory=lambda: ["LL", "RL", "LAT", "LATERAL"])
+    # any image (DICOM or raster) stored in colour whose mean saturation is above this is a
+    # photograph, a chart or a screenshot, not a radiograph (grey stored as RGB: about 0)
+    max_colour: float = 0.05
 
 
 @dataclass
@@ -356,14 +360,22 @@ class PrepareCommand(PrepareSettings):
 
 @dataclass
 class DetectCommand:
-    """``python -m hipdisloc.detect`` (conf/detect.yaml)."""
+    """``python -m hipdisloc.detect`` (conf/detect.yaml). ``mode=train`` trains and tests the
+    detector on ``boxes``; ``mode=propose`` runs ``detector_weights`` on every prepared image and
+    writes ``proposals.json`` (COCO) and ``review.html`` to correct them
+    (:mod:`hipdisloc.stages.propose`)."""
 
+    mode: str = "train"  # train | propose
     prepared_dir: str = "data/prepared"
     boxes: str = "data/phantom/boxes.json"
     out_dir: str = "data/detector"
     seed: int = 0
     evaluate_checkpoint: str | None = None  # a Lightning checkpoint to test and export
     detector: DetectorSettings = field(default_factory=DetectorSettings)
+    # mode=propose: (not `detector`: that is a config group)
+    detector_weights: str = "data/detector/detector.pt"
+    propose_min_score: float = 0.1  # the floor: the best box per image half at or above it
+    review_thumbnail: int = 320  # review.html thumbnails' long side, pixels
 
 
 @dataclass

@@ -430,33 +430,17 @@ def test_fused_risk_is_the_fusion_records_formula_and_bad_rows_say_why(trained, 
     assert "| age | 0.250 | 0.100 to 0.400 | mean 66, SD 11; 30–95 |" in text
 
 
-def _chest_like(size: int) -> np.ndarray:
-    """Another anatomy than the phantom's pelvis: two dark lung fields, a spine, ribs."""
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    image = np.full((size, size), 0.55)
-    for cx in (0.3, 0.7):
-        image[((xx - cx) / 0.17) ** 2 + ((yy - 0.5) / 0.33) ** 2 < 1] = 0.15
-    image[np.abs(xx - 0.5) < 0.04] = 0.9
-    for k in range(8):
-        image[np.abs(yy - (0.22 + 0.075 * k)) < 0.012] += 0.25
-    return np.clip(image, 0, 1)
-
-
 def test_a_mixed_folder_gets_a_risk_only_for_the_phantom_hips(trained, tmp_path):
     """New phantom radiographs (another seed: patients no fold has seen) beside images that are
     not hips, each given a box as if a detector had found one: a photograph-like picture, a
     chart, a chest-like radiograph (DICOM, no body part), a blank image, a GIF and a JPEG without
     an extension, an empty file; and one phantom hip whose only box is weak. Every file gets a
     row; only phantom hips get a risk; the rest are errors or ``uncertain`` with the reason."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from omegaconf import OmegaConf
-    from PIL import Image
 
     from hipdisloc.config import PhantomSettings
     from hipdisloc.phantom.cohort import generate
+    from hipdisloc.phantom.not_hips import write_not_hips
 
     sweep, data = trained
     fold_cfg = OmegaConf.load(sweep / "fold0" / ".hydra" / "config.yaml")
@@ -476,26 +460,9 @@ def test_a_mixed_folder_gets_a_risk_only_for_the_phantom_hips(trained, tmp_path)
     for ann in coco["annotations"]:
         if names[ann["image_id"]] == weak:
             ann["score"] = 0.2
-    rng = np.random.default_rng(3)
-    photo = np.stack([np.cumsum(rng.normal(0, 1, (160, 200)), axis=k % 2) for k in range(3)],
-                     -1)
-    photo = (255 * (photo - photo.min()) / np.ptp(photo)).astype(np.uint8)
-    Image.fromarray(photo).save(folder / "holiday.jpg")
-    Image.fromarray(photo).save(folder / "photo_without_extension", format="JPEG")
-    Image.fromarray(photo).convert("P").save(folder / "animation.gif")
-    fig, ax = plt.subplots(figsize=(3, 2.4), dpi=60)
-    ax.bar(["a", "b", "c", "d"], [3, 1, 4, 1])
-    fig.savefig(folder / "chart.png")
-    plt.close(fig)
-    Image.new("L", (180, 150), 128).save(folder / "blank.png")
-    (folder / "empty.dcm").write_bytes(b"")
-    from tests.test_radiograph_reader import _write_dicom
-    chest = (_chest_like(160) * 4000).astype(np.uint16)
-    _write_dicom(folder / "chest.dcm", chest)  # Modality DX, no body part: passes the screen
+    made = write_not_hips(folder)
     images, annotations = list(coco["images"]), list(coco["annotations"])
-    for k, (name, (w, h)) in enumerate({"holiday": (200, 160), "photo_without_extension":
-                                        (200, 160), "animation": (200, 160), "chart": (180, 144),
-                                        "blank": (180, 150), "chest": (160, 160)}.items()):
+    for k, (name, (w, h)) in enumerate({**made, "blank": (180, 150)}.items()):
         images.append({"id": 10_000 + k, "file_name": name, "width": w, "height": h})
         for x0 in (0.1 * w, 0.55 * w):  # a "hip" box on each half
             annotations.append({"id": 20_000 + 2 * k + (x0 > w / 2), "image_id": 10_000 + k,
@@ -516,9 +483,9 @@ def test_a_mixed_folder_gets_a_risk_only_for_the_phantom_hips(trained, tmp_path)
     stopped = pred[~pred["file"].isin(phantom)].groupby("file")["reason"].agg(set).to_dict()
     assert stopped["empty.dcm"] == {"empty file"}
     assert stopped["blank.png"] == {"all-constant image"}
-    for name in ("holiday.jpg", "photo_without_extension", "animation.gif", "chart.png",
-                 "chest.dcm"):
-        assert stopped[name] == {"unlike the training crops"}, (name, stopped[name])
+    for name in ("holiday.jpg", "photo_without_extension", "animation.gif", "chart.png"):
+        assert stopped[name] == {"not a radiograph: colour image"}, (name, stopped[name])
+    assert stopped["chest.dcm"] == {"unlike the training crops"}  # grey, boxed, not a hip
     weak_rows = pred[pred["file"] == f"{weak}.dcm"]
     assert set(weak_rows["status"]) == {"uncertain"}
     assert all("no confident hip" in r for r in weak_rows["reason"])

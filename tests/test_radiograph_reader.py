@@ -324,3 +324,24 @@ def test_library_warnings_are_kept_with_the_file_not_printed(tmp_path, capfd):
     out, errors = capfd.readouterr()
     assert "Warning" not in out + errors and "pydicom" not in out + errors
     assert err.value.reason == "pixel data cannot be decoded"
+
+
+def test_a_colour_picture_is_not_a_radiograph_when_screening(tmp_path):
+    """A photograph or chart (colour) is refused; a grey radiograph stored as RGB (the real DDH
+    DICOMs, a grey JPEG saved in RGB) is read."""
+    from hipdisloc.config import HeaderScreen
+    from hipdisloc.phantom.not_hips import photograph_like
+
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(photograph_like(80, 100, np.random.default_rng(0))).save(photo)
+    with pytest.raises(RadiographError) as err:
+        read_radiograph(photo, screen=HeaderScreen())
+    assert err.value.reason == "not a radiograph: colour image"
+    assert "mean saturation" in err.value.detail
+    assert read_radiograph(photo).image.shape == (80, 100)  # the reader alone: luminance
+    grey = tmp_path / "grey_rgb.jpg"
+    Image.fromarray((np.arange(80 * 100).reshape(80, 100) % 251).astype(np.uint8)).convert(
+        "RGB").save(grey)
+    read_radiograph(grey, screen=HeaderScreen())
+    for path in DDH_FILES[:2]:
+        read_radiograph(path, screen=HeaderScreen())

@@ -69,7 +69,7 @@ def read_radiograph(path: str | Path, apply_voi: bool = True,
             if kind == "dicom":
                 radiograph = _read_dicom(path, apply_voi, screen)
             elif kind in RASTER_KINDS:
-                radiograph = _read_raster(path)
+                radiograph = _read_raster(path, screen)
             else:
                 raise RadiographError(path, "not an image file", describe_unknown(path))
         except RadiographError as err:
@@ -145,7 +145,27 @@ def _to_gray(values: np.ndarray) -> np.ndarray:
     return values
 
 
-def _read_raster(path: Path) -> Radiograph:
+def colour_share(values: np.ndarray) -> float:
+    """Mean saturation of an (H, W, 3+) image: (max - min) over the channels, as a fraction of
+    the image's range; 0 for a grey image stored in RGB."""
+    rgb = values[..., :3].astype(np.float32)
+    span = float(rgb.max() - rgb.min()) or 1.0
+    return float((rgb.max(-1) - rgb.min(-1)).mean() / span)
+
+
+def _screen_colour(values: np.ndarray, screen: HeaderScreen | None, path: Path) -> None:
+    """A radiograph is grey, whatever its encoding: a colour picture (a photograph, a chart)
+    is refused when screening (``screen.max_colour``)."""
+    if screen is None or not screen.enabled or values.ndim != 3 or values.shape[-1] < 3:
+        return
+    share = colour_share(values)
+    if share > screen.max_colour:
+        raise RadiographError(path, "not a radiograph: colour image",
+                              f"mean saturation {share:.3f} > screen.max_colour "
+                              f"{screen.max_colour:g}")
+
+
+def _read_raster(path: Path, screen: HeaderScreen | None = None) -> Radiograph:
     try:
         with Image.open(path) as img:
             img.load()
@@ -154,6 +174,7 @@ def _read_raster(path: Path) -> Radiograph:
             values = np.asarray(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise RadiographError(path, "unreadable image file", str(err)) from err
+    _screen_colour(values, screen, path)
     values = _to_gray(values)
     if values.ndim != 2:
         raise RadiographError(path, "unsupported image layout", f"shape {values.shape}")
@@ -201,7 +222,9 @@ def _read_dicom(path: Path, apply_voi: bool, screen: HeaderScreen | None = None
     if photometric == "PALETTE COLOR":
         raise RadiographError(path, "unsupported photometric interpretation", photometric)
     if int(ds.get("SamplesPerPixel", 1)) > 1:
-        # pydicom converts YBR to RGB on decode; colour radiographs become luminance.
+        # pydicom converts YBR to RGB on decode; grey radiographs stored in colour become
+        # luminance, colour pictures are refused when screening
+        _screen_colour(values, screen, path)
         values = _to_gray(values)
     if values.ndim != 2:
         raise RadiographError(path, "unsupported image layout", f"shape {values.shape}")

@@ -478,11 +478,18 @@ def record_feature_distribution(dm: ClassificationDataModule, net: torch.nn.Modu
     """Fit and save the fold's feature distribution (:mod:`hipdisloc.ood`): mean and
     covariance of a sample of its training crops, percentiles of its validation and test crops'
     distances; return what was used, and where the training crops themselves fall."""
-    train = dm.subset("train")
+    def confident(rows: pd.DataFrame) -> pd.DataFrame:
+        """Crops cut from a box at or above min_score: predict gives the others no risk
+        whatever their features, and a box off the hip is no reference for a hip."""
+        if "qc_flags" not in rows:
+            return rows
+        return rows[~rows["qc_flags"].fillna("").astype(str).str.contains("low_score")]
+
+    train = confident(dm.subset("train"))
     rows = train.sample(n=min(sample, len(train)), random_state=seed) if sample < len(train) \
         else train
     training = crop_features(dm, rows, net)
-    held_out = dm.subset("non_training")
+    held_out = confident(dm.subset("non_training"))
     distribution = FeatureDistribution.fit(training, crop_features(dm, held_out, net))
     distribution.save(out)
     within = distribution.percentile(training)
