@@ -53,6 +53,16 @@ def covariates_of(images: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
     return table[list(names)]
 
 
+def encoded_columns(names: Sequence[str], numeric, levels: dict[str, list[str]]) -> list[str]:
+    """The model's columns in order: a numeric covariate as itself, a text one as an indicator
+    per category but the first (the reference)."""
+    out = []
+    for name in names:
+        out += ([name] if name in numeric else
+                [f"{name}={level}" for level in levels[name][1:]])
+    return out
+
+
 @dataclass
 class CovariateEncoder:
     """Numeric: standardised; text: one-hot; missing: imputed. Fitted on one table's rows."""
@@ -77,11 +87,7 @@ class CovariateEncoder:
         return self
 
     def columns(self) -> list[str]:
-        out = []
-        for name in self.names:
-            out += ([name] if name in self.numeric else
-                    [f"{name}={level}" for level in self.levels[name][1:]])
-        return out
+        return encoded_columns(self.names, self.numeric, self.levels)
 
     def transform(self, table: pd.DataFrame) -> np.ndarray:
         parts = []

@@ -43,11 +43,7 @@ class FusionRecord:
     image_input: str = IMAGE_INPUT
 
     def columns(self) -> list[str]:
-        out = []
-        for name in self.covariates:
-            out += ([name] if name in self.numeric else
-                    [f"{name}={level}" for level in self.levels[name][1:]])
-        return out
+        return fu.encoded_columns(self.covariates, self.numeric, self.levels)
 
     def encode(self, values: Mapping[str, object]) -> tuple[np.ndarray | None, list[str]]:
         """The row's encoded covariates, or None and what is wrong with each one
