@@ -145,8 +145,9 @@ def latencies(plain: Scorer, salient: Scorer, items, out: Path, repeats: int) ->
                     else:
                         rows = score_batch(scorer, [item], outputs[key])
                     seconds = time.perf_counter() - start
-                    if scorer is not None:
-                        assert rows and rows[0]["status"] == "ok", rows
+                    if scorer is not None:  # scored (random weights: the box is weak, so
+                        # the hip is `uncertain`; the work is the same)
+                        assert rows and rows[0]["status"] in ("ok", "uncertain"), rows
                     if n > 0:
                         clock[name].append(seconds)
                 if n == 0:
