@@ -121,10 +121,10 @@ class _FrozenTrunk(torch.nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from hipdisloc.models.classifier import _trunk
+        from hipdisloc.models.classifier import pooled_features
 
         with torch.no_grad():
-            features = torch.flatten(self.net.avgpool(_trunk(self.net, x)), 1)
+            features = pooled_features(self.net, x)
         return self.net.fc(features)
 
 

@@ -397,8 +397,9 @@ class PredictSettings:
     overlay_size: int = 256  # overlays are enlarged to at least this many pixels
     boxes: str | None = None  # a COCO file: its boxes instead of the detector's
     threshold: float | None = None  # None: calibration.json's operating point
-    # a hip is `uncertain` (no risk, no class) when its crop's feature distance lies beyond
-    # this percentile of the training crops' own (median over the folds; hipdisloc.ood)
+    # a hip is `uncertain` (no risk, no class) when its crop's feature distance (from the
+    # fold's training crops) lies beyond this percentile of the fold's validation and test
+    # crops' distances (median over the folds; hipdisloc.ood)
     ood_percentile: float = 99.9
     device: str = "cpu"  # cpu | cuda
     progress: bool = True

@@ -88,6 +88,7 @@ def square_resize(image: np.ndarray, size: int) -> tuple[np.ndarray, SquareFrame
 # -- THA crops --------------------------------------------------------------------------------
 
 IMAGE_HALF_OF_SIDE = {"R": "left", "L": "right"}  # radiographic view: patient's right on the left
+SIDE_OF_IMAGE_HALF = {half: side for side, half in IMAGE_HALF_OF_SIDE.items()}  # left -> R
 
 
 def image_half(box: tuple[float, float, float, float], image_width: float) -> str:

@@ -23,16 +23,16 @@ import numpy as np
 import torch
 from sklearn.covariance import LedoitWolf
 
+from hipdisloc.models.classifier import pooled_features
+
 FILENAME = "feature_distribution.npz"
 
 
 def features_and_logits(net: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor,
                                                                          torch.Tensor]:
     """A torchvision ResNet's pooled features (B, F) and its logit (B,), in one pass: the same
-    arithmetic as ``net(x)`` (trunk, average pool, flatten, ``fc``)."""
-    x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
-    x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
-    features = torch.flatten(net.avgpool(x), 1)
+    arithmetic as ``net(x)``."""
+    features = pooled_features(net, x)
     return features, net.fc(features)[:, 0]
 
 
@@ -80,9 +80,3 @@ class FeatureDistribution:
     def load(cls, path: str | Path) -> FeatureDistribution:
         with np.load(path) as f:
             return cls(f["mean"], f["precision"], f["reference"], float(f["shrinkage"]))
-
-
-def pass_rate(percentiles: np.ndarray, gate: float) -> float:
-    """Share of crops the gate lets through (percentile at or below ``gate``)."""
-    percentiles = np.asarray(percentiles, float)
-    return float((percentiles <= gate).mean()) if len(percentiles) else float("nan")

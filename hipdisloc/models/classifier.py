@@ -65,10 +65,12 @@ def resnet18(pretrained: str = "none") -> torch.nn.Module:
     return net
 
 
-def _trunk(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A torchvision ResNet's layers before its pooling and head."""
+def pooled_features(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A torchvision ResNet's features before its head (B, F): its layers, average pool,
+    flatten; ``net.fc`` of them is ``net(x)``."""
     x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
-    return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+    x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
+    return torch.flatten(net.avgpool(x), 1)
 
 
 class DislocationClassifier(pl.LightningModule):
@@ -167,7 +169,7 @@ class DislocationClassifier(pl.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         if self.backbone_frozen and self.training:
             with torch.no_grad():  # not inference_mode: the head's backward needs the features
-                features = torch.flatten(self.net.avgpool(_trunk(self.net, x)), 1)
+                features = pooled_features(self.net, x)
             return self.net.fc(features).squeeze(1)
         return self.net(x).squeeze(1)
 

@@ -32,11 +32,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from hipdisloc.geometry import IMAGE_HALF_OF_SIDE, SquareFrame, image_half
+from hipdisloc.geometry import SIDE_OF_IMAGE_HALF, SquareFrame, image_half
 from hipdisloc.io import cache
 from hipdisloc.io.atomic import write_csv, write_text
 
-SIDE_OF_IMAGE_HALF = {half: side for side, half in IMAGE_HALF_OF_SIDE.items()}  # left -> R
 PROBLEM_COLUMNS = ["image_id", "row", "line", "path", "cache_path", "reason"]
 CATEGORY = {"id": 1, "name": "hip", "supercategory": "anatomy"}
 

@@ -144,8 +144,9 @@ def _json_default(value):
 
 
 def feature_percentiles(study: Study, features: list[np.ndarray]) -> list[float | None]:
-    """Per hip: where its crop's features fall among the training crops' (percentile, the
-    median over the folds that recorded a distribution), or None when none did."""
+    """Per hip: where its crop's feature distance falls among the fold's held-out crops'
+    (percentile, :mod:`hipdisloc.ood`; the median over the folds that recorded a
+    distribution), or None when none did."""
     per_fold = [d.percentile(f) for d, f in zip(study.features, features, strict=True)
                 if d is not None]
     if not per_fold:
@@ -154,8 +155,9 @@ def feature_percentiles(study: Study, features: list[np.ndarray]) -> list[float 
 
 
 def gate_reasons(hip: Hip, percentile: float | None, gate: float) -> list[str]:
-    """Why a hip gets no risk: no box at or above ``min_score`` (``low_score``), a crop beyond
-    ``gate`` of the training crops' feature distances. Empty: the hip is scored."""
+    """Why a hip gets no risk: no box at or above ``min_score`` (``low_score``), a crop whose
+    feature distance lies beyond the ``gate`` percentile of the held-out crops'. Empty: the hip
+    is scored."""
     reasons = []
     if "low_score" in hip.flags:
         reasons.append("no confident hip")

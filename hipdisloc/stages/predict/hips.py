@@ -23,7 +23,6 @@ import torch
 from hipdisloc.config import HeaderScreen
 from hipdisloc.data.detection import DetectionDataset, collate, eval_transform
 from hipdisloc.geometry import (
-    IMAGE_HALF_OF_SIDE,
     SquareFrame,
     crop_square,
     dilate_box,
@@ -32,8 +31,6 @@ from hipdisloc.geometry import (
 from hipdisloc.io import cache
 from hipdisloc.io.radiograph import RadiographError, read_radiograph
 from hipdisloc.stages.crop import CropSettings, choose_tha_box
-
-SIDE_OF_IMAGE_HALF = {half: side for side, half in IMAGE_HALF_OF_SIDE.items()}
 
 
 class NoHipError(Exception):

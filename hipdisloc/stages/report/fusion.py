@@ -146,37 +146,56 @@ def coefficient_intervals(model: LogisticRegression, x: np.ndarray, y: np.ndarra
     return [(float(b - z * e), float(b + z * e)) for b, e in zip(beta, se, strict=True)]
 
 
+@dataclass
+class FusedModel:
+    """The fused logistic model fitted on one table of validation images."""
+
+    encoder: CovariateEncoder  # fitted on those rows
+    model: LogisticRegression  # on [image logit, encoded covariates]
+    design: np.ndarray  # the fitted rows' [image logit, encoded covariates]
+    labels: np.ndarray
+    coefficients: dict[str, float]  # intercept, image_logit, encoded columns
+    intervals: dict[str, tuple[float, float]]  # their 95 % CIs (patient-clustered sandwich)
+
+
+def fit_fused(validation: pd.DataFrame, covariates: pd.DataFrame) -> FusedModel:
+    """The fused model on ``validation`` (image_id, patient, dislocated, logit); covariates
+    from :func:`covariates_of`."""
+    rows = covariates.reindex(validation["image_id"])
+    encoder = CovariateEncoder(list(covariates.columns)).fit(rows)
+    design = np.hstack([validation["logit"].to_numpy(float)[:, None], encoder.transform(rows)])
+    labels = validation["dislocated"].to_numpy(int)
+    model = fit_logistic(design, labels)
+    terms = ["intercept", "image_logit", *encoder.columns()]
+    coefficients = dict(zip(terms, [float(model.intercept_[0]), *map(float, model.coef_[0])],
+                            strict=True))
+    intervals = dict(zip(terms, coefficient_intervals(model, design, labels,
+                                                      validation["patient"]), strict=True))
+    return FusedModel(encoder, model, design, labels, coefficients, intervals)
+
+
 def fuse_fold(fold: int, validation: pd.DataFrame, test: pd.DataFrame,
               covariates: pd.DataFrame) -> FusedFold:
-    """Fit on ``validation`` (image_id, dislocated, logit), judge on ``test`` (the same columns
-    and patient)."""
-    names = list(covariates.columns)
-    val_cov = covariates.reindex(validation["image_id"])
-    test_cov = covariates.reindex(test["image_id"])
-    encoder = CovariateEncoder(names).fit(val_cov)
-    y = validation["dislocated"].to_numpy(int)
-    x_val = encoder.transform(val_cov)
-    x_test = encoder.transform(test_cov)
-    image_val, image_test = (t["logit"].to_numpy(float)[:, None] for t in (validation, test))
-    clinical = fit_logistic(x_val, y)
-    image = fit_logistic(image_val, y)  # Platt scaling: the image model's own probability
-    fused = fit_logistic(np.hstack([image_val, x_val]), y)
+    """Fit on ``validation`` (image_id, patient, dislocated, logit), judge on ``test`` (the
+    same columns)."""
+    fit = fit_fused(validation, covariates)
+    image_val, x_val = fit.design[:, :1], fit.design[:, 1:]
+    x_test = fit.encoder.transform(covariates.reindex(test["image_id"]))
+    image_test = test["logit"].to_numpy(float)[:, None]
+    clinical = fit_logistic(x_val, fit.labels)
+    image = fit_logistic(image_val, fit.labels)  # Platt scaling: the image model's probability
+    design_test = np.hstack([image_test, x_test])
     labels = test["dislocated"].to_numpy(int)
     scores = {"image": image_test[:, 0],
               "clinical": clinical.decision_function(x_test),
-              "fused": fused.decision_function(np.hstack([image_test, x_test]))}
+              "fused": fit.model.decision_function(design_test)}
     probabilities = {"p_image": image.predict_proba(image_test)[:, 1],
                      "p_clinical": clinical.predict_proba(x_test)[:, 1],
-                     "p_fused": fused.predict_proba(np.hstack([image_test, x_test]))[:, 1]}
-    names = ["intercept", "image_logit", *encoder.columns()]
-    coefficients = dict(zip(names, [float(fused.intercept_[0]), *map(float, fused.coef_[0])],
-                            strict=True))
-    intervals = dict(zip(names, coefficient_intervals(fused, np.hstack([image_val, x_val]), y,
-                                                      validation["patient"]), strict=True))
+                     "p_fused": fit.model.predict_proba(design_test)[:, 1]}
     table = test[["image_id", "patient", "dislocated"]].assign(**scores, **probabilities)
     return FusedFold(fold, auc(labels, scores["clinical"]), auc(labels, scores["image"]),
-                     auc(labels, scores["fused"]), coefficients, intervals, table,
-                     dict(encoder.imputed))
+                     auc(labels, scores["fused"]), fit.coefficients, fit.intervals, table,
+                     dict(fit.encoder.imputed))
 
 
 def fusion_table(fused: Sequence[FusedFold], oracle: pd.DataFrame | None = None,

@@ -124,27 +124,19 @@ def fit_record(validations: Sequence[tuple[int, pd.DataFrame]],
     patient, dislocated, logit), covariates from :func:`~hipdisloc.stages.report.fusion
     .covariates_of`."""
     pooled = pd.concat([t for _, t in validations], ignore_index=True)
-    names = list(covariates.columns)
+    fit = fu.fit_fused(pooled, covariates)
     rows = covariates.reindex(pooled["image_id"])
-    encoder = fu.CovariateEncoder(names).fit(rows)
-    x = np.hstack([pooled["logit"].to_numpy(float)[:, None], encoder.transform(rows)])
-    y = pooled["dislocated"].to_numpy(int)
-    model = fu.fit_logistic(x, y)
-    terms = ["intercept", "image_logit", *encoder.columns()]
-    coefficients = dict(zip(terms, [float(model.intercept_[0]), *map(float, model.coef_[0])],
-                            strict=True))
-    intervals = dict(zip(terms, map(list, fu.coefficient_intervals(model, x, y,
-                                                                   pooled["patient"])),
-                         strict=True))
     numeric = {}
-    for name, (_, mean, sd) in encoder.numeric.items():
+    for name, (_, mean, sd) in fit.encoder.numeric.items():
         observed = pd.to_numeric(rows[name], errors="coerce")
         numeric[name] = {"mean": mean, "sd": sd, "low": float(observed.min()),
                          "high": float(observed.max())}
     folds = [k for k, _ in validations]
     span = f"{min(folds)}-{max(folds)}" if len(folds) > 1 else str(folds[0])
     return FusionRecord(
-        covariates=names, numeric=numeric, levels=dict(encoder.levels),
-        coefficients=coefficients, intervals=intervals,
+        covariates=list(covariates.columns), numeric=numeric, levels=dict(fit.encoder.levels),
+        coefficients=fit.coefficients,
+        intervals={term: list(bounds) for term, bounds in fit.intervals.items()},
         fitted_on=(f"validation images of folds {span} ({len(pooled):,} images, "
-                   f"{int(y.sum()):,} positive, {pooled['patient'].nunique():,} patients)"))
+                   f"{int(fit.labels.sum()):,} positive, {pooled['patient'].nunique():,} "
+                   "patients)"))

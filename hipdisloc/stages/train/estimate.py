@@ -4,8 +4,8 @@ A few timed steps of each stage on this machine, at the configured sizes (phanto
 writing, reading and preparing, the detector's training and inference, the classifier's frozen
 and full steps), times how many of each the configuration implies (images from the cohort's
 table, steps from the schedules). Stages whose output is already in the data folder count as
-reused. It is an estimate: within a factor of about 1.5 on the machines measured
-(docs/train.md#what-a-study-costs), never a promise.
+reused. It is an estimate, never a promise: on the one machine measured, the demo's was 14 min
+for a study that took 13 min 17 s (docs/train.md#what-a-study-costs).
 """
 
 from __future__ import annotations
@@ -66,16 +66,20 @@ def compute_device(accelerator: str) -> torch.device:
     return torch.device("cuda" if use_gpu else "cpu")
 
 
-def cohort_size(cfg: TrainConfig) -> CohortSize:
-    """How many radiographs and crops the cohort has: the phantom's table (drawn, not
-    rendered), or the manifest's rows."""
-    if cfg.cohort.phantom is not None:
-        from hipdisloc.phantom.population import sample_cohort
+def phantom_table(cfg: TrainConfig) -> pd.DataFrame:
+    """The phantom's images, one task row each (drawn, not rendered), with their label."""
+    from hipdisloc.phantom.cohort import image_table
 
-        thas, images, _ = sample_cohort(cfg.cohort.phantom, cfg.cohort.phantom.seed)
-        included = images[images["kind"] == "regular"]
-        label = thas.set_index("tha_id")["dislocated"].reindex(included["tha_id"])
-        return CohortSize(len(images), len(included), float(label.mean()))
+    _, images, _ = image_table(cfg.cohort.phantom, cfg.cohort.phantom.seed)
+    return images
+
+
+def cohort_size(cfg: TrainConfig, phantom: pd.DataFrame | None = None) -> CohortSize:
+    """How many radiographs and crops the cohort has: the phantom's table
+    (:func:`phantom_table`), or the manifest's rows."""
+    if phantom is not None:
+        included = phantom[phantom["kind"] == "regular"]
+        return CohortSize(len(phantom), len(included), float(included["dislocated"].mean()))
     from hipdisloc.io.manifest import read_table
 
     manifest = read_table(Path(cfg.cohort.manifest))
@@ -88,18 +92,19 @@ def _reused(data_dir: Path, stage: str) -> bool:
     return (data_dir / stage / STAGE_RECORD).is_file()
 
 
-def phantom_seconds(cfg: TrainConfig, n: int, workdir: Path) -> tuple[float, list[Path]]:
-    """Per-image seconds to render and write the phantom (two images timed), and the files."""
-    from hipdisloc.phantom.cohort import _render_and_write, image_table
+def phantom_seconds(cfg: TrainConfig, phantom: pd.DataFrame,
+                    workdir: Path) -> tuple[float, list[Path]]:
+    """Per-image seconds to render and write the phantom (two images timed after one), and the
+    three files written."""
+    from hipdisloc.phantom.cohort import _render_and_write
 
     settings = cfg.cohort.phantom
-    _, images, _ = image_table(settings, settings.seed)
-    rows = images.head(3).to_dict("records")
+    rows = phantom.head(3).to_dict("records")
+    _render_and_write((rows[0], settings.seed, settings.image_size, str(workdir)))
     start = time.perf_counter()
     for row in rows[1:]:
         _render_and_write((row, settings.seed, settings.image_size, str(workdir)))
     per_image = (time.perf_counter() - start) / max(len(rows) - 1, 1)
-    _render_and_write((rows[0], settings.seed, settings.image_size, str(workdir)))
     return per_image, [workdir / r["path"] for r in rows]
 
 
@@ -204,13 +209,14 @@ def estimate(cfg: TrainConfig, n_folds: int, data_dir: Path) -> tuple[list[Stage
                                                                        CohortSize]:
     """Every stage's estimated seconds for a study of ``n_folds`` fold jobs run one after
     another (the folds' parallelism, if any, is the caller's to apply)."""
-    size = cohort_size(cfg)
+    phantom = phantom_table(cfg) if cfg.cohort.phantom is not None else None
+    size = cohort_size(cfg, phantom)
     costs = []
     workers = max(1, cfg.prepare.workers)
     with tempfile.TemporaryDirectory() as tmp:
         files: list[Path] = []
-        if cfg.cohort.phantom is not None:
-            per_image, files = phantom_seconds(cfg, size.radiographs, Path(tmp))
+        if phantom is not None:
+            per_image, files = phantom_seconds(cfg, phantom, Path(tmp))
             seconds = 0.0 if _reused(data_dir, "phantom") else (
                 per_image * size.radiographs / max(1, cfg.cohort.phantom.workers))
             costs.append(StageCost("phantom", seconds,

@@ -47,7 +47,7 @@ from hipdisloc.lr_finder import find_lr
 from hipdisloc.metrics import Selection, confusion_metrics, repeated_draw_metrics
 from hipdisloc.models.classifier import DislocationClassifier, resolve_pretrained
 from hipdisloc.ood import FILENAME as FEATURES_FILE
-from hipdisloc.ood import FeatureDistribution, features_and_logits, pass_rate
+from hipdisloc.ood import FeatureDistribution, features_and_logits
 from hipdisloc.progress import QUIET_LIMIT_S, epoch_due, epoch_line, say
 from hipdisloc.thresholds import ThresholdRule, choose_threshold, logit, training_log_odds
 
@@ -453,9 +453,6 @@ def _prediction_table(images: pd.DataFrame, logits: np.ndarray) -> pd.DataFrame:
                          "logit": logits, "score": expit(logits)})
 
 
-GATES = (99.0, 99.9)  # percentiles at which the fold reports the held-out crops' pass rate
-
-
 def crop_features(dm: ClassificationDataModule, rows: pd.DataFrame,
                   net: torch.nn.Module) -> np.ndarray:
     """Penultimate features (N, 512) of the crops of ``rows``, each once, unaugmented."""
@@ -477,7 +474,7 @@ def record_feature_distribution(dm: ClassificationDataModule, net: torch.nn.Modu
                                 sample: int, seed: int, out: Path) -> dict:
     """Fit and save the fold's feature distribution (:mod:`hipdisloc.ood`): mean and
     covariance of a sample of its training crops, percentiles of its validation and test crops'
-    distances; return what was used, and where the training crops themselves fall."""
+    distances; return what was used."""
     def confident(rows: pd.DataFrame) -> pd.DataFrame:
         """Crops cut from a box at or above min_score: predict gives the others no risk
         whatever their features, and a box off the hip is no reference for a hip."""
@@ -492,10 +489,8 @@ def record_feature_distribution(dm: ClassificationDataModule, net: torch.nn.Modu
     held_out = confident(dm.subset("non_training"))
     distribution = FeatureDistribution.fit(training, crop_features(dm, held_out, net))
     distribution.save(out)
-    within = distribution.percentile(training)
     return {"file": out.name, "training_crops": len(rows), "reference_crops": len(held_out),
-            "shrinkage": distribution.shrinkage,
-            "training_crops_pass_rate": {f"{g:g}": pass_rate(within, g) for g in GATES}}
+            "shrinkage": distribution.shrinkage}
 
 
 def threshold_rule(s: FoldConfig) -> ThresholdRule:
