@@ -175,6 +175,8 @@ class DataSettings:
     batch_dtype: str = "float32"  # float16 halves loader -> device bytes (trainer=gpu_fast)
     oversample_val: bool = True  # validation loss weighted as the paper's oversampled set
     augment: str = "all"  # all | copies (label shortcut: ablation only) | none
+    rotate_deg: float = 10.0  # training rotation drawn in +/- this many degrees (the paper)
+    zoom: float = 0.10  # training zoom drawn in [1, 1 + zoom] (the paper: <= 10 %)
     on_device: bool = False  # the crop pack in device memory, batches gathered, augmented and
                              # normalised there, no workers (trainer=gpu_fast)
 

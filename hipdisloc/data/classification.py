@@ -208,7 +208,7 @@ class CropDataset(Dataset):
 
     def __init__(self, table: pd.DataFrame, root: str | Path, augment: str = "none",
                  pack: PackIndex | None = None, batch_dtype: str = "float32",
-                 stream: tuple[int, ...] = (0,)):
+                 stream: tuple[int, ...] = (0,), rotate_deg: float = 10.0, zoom: float = 0.10):
         if batch_dtype not in BATCH_DTYPES:
             raise ValueError(f"batch_dtype must be one of {tuple(BATCH_DTYPES)}, got "
                              f"{batch_dtype!r}")
@@ -218,7 +218,7 @@ class CropDataset(Dataset):
         self.root = Path(root)
         self.paths = [str(self.root / p) for p in self.table["crop_path"]]  # no pandas per item
         self.labels = self.table["dislocated"].to_numpy(np.float32)
-        self.augment = train_augmentation() if augment != "none" else None
+        self.augment = train_augmentation(zoom, rotate_deg) if augment != "none" else None
         self.augment_copies_only = augment == "copies"
         self.batch_dtype = BATCH_DTYPES[batch_dtype]
         self.pack = pack
@@ -286,8 +286,9 @@ class ClassificationDataModule(pl.LightningDataModule):
     def __init__(self, crops_dir: str, fold: int, n_folds: int = 10, seed: int = 0,
                  batch_size: int = 16, num_workers: int = 2, augment: str = "all",
                  pin_memory: bool = False, packed: bool = True, batch_dtype: str = "float32",
-                 on_device: bool = False):
+                 on_device: bool = False, rotate_deg: float = 10.0, zoom: float = 0.10):
         super().__init__()
+        self.rotate_deg, self.zoom = rotate_deg, zoom
         self.crops_dir = Path(crops_dir)
         self.fold, self.n_folds, self.seed = fold, n_folds, seed
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -350,7 +351,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         ds = CropDataset(self.subset(name), self.crops_dir,
                          augment=self.augment if train else "none", pack=self.pack_index(),
                          batch_dtype=self.batch_dtype,
-                         stream=(self.seed, self.fold, self.augment_stream))
+                         stream=(self.seed, self.fold, self.augment_stream),
+                         rotate_deg=self.rotate_deg, zoom=self.zoom)
         trainer = getattr(self, "trainer", None)
         replicas = trainer.world_size if trainer is not None else 1
         rank = trainer.global_rank if trainer is not None else 0

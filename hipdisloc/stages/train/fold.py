@@ -326,7 +326,8 @@ class FoldRun:
                                            s.data.augment, pin_memory=s.data.pin_memory,
                                            packed=s.data.packed,
                                            batch_dtype=s.data.batch_dtype,
-                                           on_device=s.data.on_device)
+                                           on_device=s.data.on_device,
+                                           rotate_deg=s.data.rotate_deg, zoom=s.data.zoom)
         self.dm.setup()
         if rank_zero_only.rank == 0:  # before any Trainer: other ranks read it once started
             self.dm.ensure_pack()
