@@ -221,3 +221,24 @@ def test_a_crop_stage_rerun_without_a_pack_removes_the_old_one(small_phantom, cr
     crop_all(prepared, out, candidates, "ground_truth", CropSettings(crop_size=40, pack=False),
              progress=False)
     assert not (out / PACK_ARRAY).exists() and not (out / PACK_RECORD).exists()
+
+
+def test_the_augmentation_ranges_reach_the_training_batches(crops):
+    """data.rotate_deg / data.zoom set the warp of every training item: at 0 and 0 an item is
+    its crop or the crop's mirror image; at the paper's ranges most items are neither."""
+    def mirrored_or_not(rotate_deg, zoom):
+        dm = ClassificationDataModule(str(crops), fold=0, n_folds=2, batch_size=8,
+                                      num_workers=0, rotate_deg=rotate_deg, zoom=zoom)
+        dm.ensure_pack()
+        dm.setup()
+        plain = dm.train_dataloader().dataset
+        exact = CropDataset(dm.subset("train"), crops, augment="none", pack=plain.pack)
+        images, _, keys = next(iter(dm.train_dataloader()))
+        rows = [plain.row_of(int(k))[0] for k in keys]
+        same = [torch.allclose(image, exact[row][0], atol=1e-5)
+                or torch.allclose(image, exact[row][0].flip(-1), atol=1e-5)
+                for image, row in zip(images, rows, strict=True)]
+        return np.mean(same)
+
+    assert mirrored_or_not(0.0, 0.0) == 1.0
+    assert mirrored_or_not(10.0, 0.10) < 0.5
