@@ -4,8 +4,8 @@ A few timed steps of each stage on this machine, at the configured sizes (phanto
 writing, reading and preparing, the detector's training and inference, the classifier's frozen
 and full steps), times how many of each the configuration implies (images from the cohort's
 table, steps from the schedules). Stages whose output is already in the data folder count as
-reused. It is an estimate, never a promise: on the one machine measured, the demo's was 14 min
-for a study that took 13 min 17 s (docs/train.md#what-a-study-costs).
+reused. It is an estimate, never a promise: on the one machine measured, the demo's was 16 min
+for a study that took 15 min 09 s (docs/train.md#what-a-study-costs).
 """
 
 from __future__ import annotations
