@@ -130,6 +130,10 @@ def affine_matrix(width: int, height: int, angle: float, scale: float,
     return matrix
 
 
+PAPER_ROTATE_DEG = 10.0  # the paper's rotation range, ± degrees (config: data.rotate_deg)
+PAPER_ZOOM = 0.10  # the paper's zoom range, [1, 1 + zoom] (config: data.zoom)
+
+
 class FlipRotateZoom:
     """The paper's training augmentation in one warp: a horizontal flip (p 0.5), a rotation
     drawn in ±``rotate`` degrees and a zoom in [1, 1 + ``zoom``], bilinear, zero outside the
@@ -137,7 +141,8 @@ class FlipRotateZoom:
     ``cv2.warpAffine`` instead of two passes). Each item's parameters come from the generator
     it is given (:class:`CropDataset`: one per item, seeded from its place in the run)."""
 
-    def __init__(self, zoom: float = 0.10, rotate: float = 10.0, flip_p: float = 0.5):
+    def __init__(self, zoom: float = PAPER_ZOOM, rotate: float = PAPER_ROTATE_DEG,
+                 flip_p: float = 0.5):
         self.zoom, self.rotate, self.flip_p = zoom, rotate, flip_p
 
     def draw(self, rng: np.random.Generator) -> tuple[float, float, bool]:
@@ -152,7 +157,8 @@ class FlipRotateZoom:
                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
-def train_augmentation(zoom: float = 0.10, rotate: float = 10.0) -> FlipRotateZoom:
+def train_augmentation(zoom: float = PAPER_ZOOM,
+                       rotate: float = PAPER_ROTATE_DEG) -> FlipRotateZoom:
     return FlipRotateZoom(zoom, rotate)
 
 
@@ -208,7 +214,8 @@ class CropDataset(Dataset):
 
     def __init__(self, table: pd.DataFrame, root: str | Path, augment: str = "none",
                  pack: PackIndex | None = None, batch_dtype: str = "float32",
-                 stream: tuple[int, ...] = (0,), rotate_deg: float = 10.0, zoom: float = 0.10):
+                 stream: tuple[int, ...] = (0,), rotate_deg: float = PAPER_ROTATE_DEG,
+                 zoom: float = PAPER_ZOOM):
         if batch_dtype not in BATCH_DTYPES:
             raise ValueError(f"batch_dtype must be one of {tuple(BATCH_DTYPES)}, got "
                              f"{batch_dtype!r}")
@@ -286,7 +293,8 @@ class ClassificationDataModule(pl.LightningDataModule):
     def __init__(self, crops_dir: str, fold: int, n_folds: int = 10, seed: int = 0,
                  batch_size: int = 16, num_workers: int = 2, augment: str = "all",
                  pin_memory: bool = False, packed: bool = True, batch_dtype: str = "float32",
-                 on_device: bool = False, rotate_deg: float = 10.0, zoom: float = 0.10):
+                 on_device: bool = False, rotate_deg: float = PAPER_ROTATE_DEG,
+                 zoom: float = PAPER_ZOOM):
         super().__init__()
         self.rotate_deg, self.zoom = rotate_deg, zoom
         self.crops_dir = Path(crops_dir)
