@@ -261,3 +261,15 @@ def test_fold_ranges_expand_before_hydra():
     assert expand_ranges(["prog", "fold=0..9", "-m"]) == ["prog", "fold=0,1,2,3,4,5,6,7,8,9",
                                                           "-m"]
     assert expand_ranges(["fold=range(0,10)", "x=1"]) == ["fold=range(0,10)", "x=1"]
+
+
+def test_a_folds_augmentation_ranges_come_from_its_settings(crops, tmp_path):
+    """data.rotate_deg and data.zoom of a fold's settings are the warp its training items get
+    (tests/test_pack.py: what that warp does to a batch)."""
+    from hipdisloc.stages.train.fold import FoldRun
+
+    s = FoldConfig(fold=0, n_folds=2, schedule=ScheduleSettings(0, 1, batch_size=8),
+                   data=DataSettings(num_workers=0, rotate_deg=3.0, zoom=0.02),
+                   trainer=TrainerSettings(accelerator="cpu", enable_progress_bar=False))
+    warp = FoldRun(crops, tmp_path, s).dm.train_dataloader().dataset.augment
+    assert (warp.rotate, warp.zoom) == (3.0, 0.02)
