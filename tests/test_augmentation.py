@@ -51,3 +51,11 @@ def test_draws_cover_the_papers_ranges_and_follow_the_seed():
     rng = np.random.default_rng(3)
     assert all(np.array_equal(a, augment(image, rng)) for a in first)  # the seed decides
     assert not np.array_equal(first[0], first[1])
+
+
+@pytest.mark.parametrize(("zoom", "rotate", "named"), [(-0.1, 10.0, "data.zoom"),
+                                                       (1.5, 10.0, "data.zoom"),
+                                                       (0.1, -5.0, "data.rotate_deg")])
+def test_ranges_out_of_bounds_are_refused_by_name(zoom, rotate, named):
+    with pytest.raises(ValueError, match=named):
+        FlipRotateZoom(zoom=zoom, rotate=rotate)

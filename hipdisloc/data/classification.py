@@ -143,6 +143,10 @@ class FlipRotateZoom:
 
     def __init__(self, zoom: float = PAPER_ZOOM, rotate: float = PAPER_ROTATE_DEG,
                  flip_p: float = 0.5):
+        if not 0 <= rotate <= 180:
+            raise ValueError(f"data.rotate_deg must be in 0..180 (± degrees), got {rotate}")
+        if not 0 <= zoom < 1:
+            raise ValueError(f"data.zoom must be in [0, 1) (a zoom in [1, 1 + zoom]), got {zoom}")
         self.zoom, self.rotate, self.flip_p = zoom, rotate, flip_p
 
     def draw(self, rng: np.random.Generator) -> tuple[float, float, bool]:
