@@ -102,7 +102,8 @@ def test_the_paper_experiment_is_the_default_and_demo_overrides_it():
     # the larger demo is the demo with more epochs, nothing else: the same cohort, detector,
     # crops and recipe (the slower, closer point of docs/demo.md's minutes against gap)
     large = compose_train(["experiment=demo_large"])
-    assert large.name == "demo_large" and large.paths.data_dir == "data/demo_large"
+    assert large.name == "demo_large" and large.paths.out_dir == "outputs/demo_large"
+    assert large.paths.data_dir == demo.paths.data_dir  # one cohort, detector and crops
     assert large.schedule.full_epochs > compose_train(["experiment=demo"]).schedule.full_epochs
 
     def study(cfg) -> dict:  # every setting but the run's name, its folders and Hydra's own
