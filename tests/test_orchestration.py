@@ -99,19 +99,18 @@ def test_the_paper_experiment_is_the_default_and_demo_overrides_it():
         ("ddp", 2, "cpu")
     assert (demo.trainer.precision, demo.model.channels_last) == ("fastest", "auto")
     assert demo.callbacks.selection.sensitivity_at == "paper_literal"
-    # the larger demo is the demo with more epochs, nothing else: the same cohort, detector,
-    # crops and recipe (the slower, closer point of docs/demo.md's minutes against gap)
+    # the larger demo is the demo with more patients, nothing else: the same detector, crops and
+    # recipe (the slower, closer point of docs/demo.md's minutes against gap)
     large = compose_train(["experiment=demo_large"])
-    assert large.name == "demo_large" and large.paths.out_dir == "outputs/demo_large"
-    assert large.paths.data_dir == demo.paths.data_dir  # one cohort, detector and crops
-    assert large.schedule.full_epochs > compose_train(["experiment=demo"]).schedule.full_epochs
+    assert large.name == "demo_large" and large.paths.data_dir == "data/demo_large"
+    assert large.cohort.phantom.n_patients > demo.cohort.phantom.n_patients
 
     def study(cfg) -> dict:  # every setting but the run's name, its folders and Hydra's own
         return {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items()
                 if k not in ("name", "paths", "hydra")}
 
     plain, wider = study(compose_train(["experiment=demo"])), study(large)
-    wider["schedule"]["full_epochs"] = plain["schedule"]["full_epochs"]
+    wider["cohort"]["phantom"]["n_patients"] = plain["cohort"]["phantom"]["n_patients"]
     assert wider == plain
 
 
