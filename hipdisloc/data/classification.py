@@ -33,6 +33,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
+from hipdisloc.config import DataSettings
 from hipdisloc.data.on_device import DeviceBatches, DeviceCrops
 from hipdisloc.folds import assign_fold_groups, fold_subsets
 from hipdisloc.io import cache
@@ -130,8 +131,9 @@ def affine_matrix(width: int, height: int, angle: float, scale: float,
     return matrix
 
 
-PAPER_ROTATE_DEG = 10.0  # the paper's rotation range, ± degrees (config: data.rotate_deg)
-PAPER_ZOOM = 0.10  # the paper's zoom range, [1, 1 + zoom] (config: data.zoom)
+# the paper's ranges, declared once as the defaults of data.rotate_deg and data.zoom
+PAPER_ROTATE_DEG = DataSettings.rotate_deg  # ± degrees
+PAPER_ZOOM = DataSettings.zoom  # a zoom in [1, 1 + zoom]
 
 
 class FlipRotateZoom:
@@ -144,9 +146,11 @@ class FlipRotateZoom:
     def __init__(self, zoom: float = PAPER_ZOOM, rotate: float = PAPER_ROTATE_DEG,
                  flip_p: float = 0.5):
         if not 0 <= rotate <= 180:
-            raise ValueError(f"data.rotate_deg must be in 0..180 (± degrees), got {rotate}")
+            raise ValueError(f"the rotation range (rotate; config data.rotate_deg) must be in "
+                             f"0..180 (± degrees), got {rotate}")
         if not 0 <= zoom < 1:
-            raise ValueError(f"data.zoom must be in [0, 1) (a zoom in [1, 1 + zoom]), got {zoom}")
+            raise ValueError(f"the zoom range (zoom; config data.zoom) must be in [0, 1) (a zoom "
+                             f"in [1, 1 + zoom]), got {zoom}")
         self.zoom, self.rotate, self.flip_p = zoom, rotate, flip_p
 
     def draw(self, rng: np.random.Generator) -> tuple[float, float, bool]:
