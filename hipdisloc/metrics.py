@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+from scipy.stats import rankdata
 
 
 def _ratio(a: float, b: float) -> float:
@@ -13,10 +13,18 @@ def _ratio(a: float, b: float) -> float:
 
 
 def roc_auc(y_true, y_score) -> float:
-    """ROC AUC; NaN unless both classes are present."""
-    y = np.asarray(y_true).astype(int)
-    return float(roc_auc_score(y, np.asarray(y_score, dtype=float))) if len(set(y)) == 2 \
-        else float("nan")
+    """ROC AUC by the Mann-Whitney rank formula (tied scores count one half); NaN unless both
+    classes are present, or when a score is NaN. The value of scikit-learn's ``roc_auc_score``
+    without its input checks, which cost more than the AUC itself: it runs per epoch, per
+    fold, per draw (Table 3 draws 400 samples a fold) and per bootstrap resample."""
+    y = np.asarray(y_true).astype(int) == 1
+    s = np.asarray(y_score, dtype=float)
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0 or np.isnan(s).any():
+        return float("nan")
+    ranks = rankdata(s)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def weighted_bce(y_true, logits, pos_weight: float, balance_classes: bool = False) -> float:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from hipdisloc.folds import assign_fold_groups, check_disjoint, fold_subsets
-from hipdisloc.metrics import confusion_metrics, select_checkpoint
+from hipdisloc.metrics import confusion_metrics, roc_auc, select_checkpoint
 from hipdisloc.phantom.population import CohortSettings, sample_cohort
 
 
@@ -60,6 +61,17 @@ def test_confusion_metrics_against_a_hand_computed_matrix():
     assert m["accuracy"] == pytest.approx(6 / 8)
     assert m["auc"] == pytest.approx(11 / 15)  # 5 + 4 + 2 of 15 positive-negative pairs
     assert np.isnan(confusion_metrics([0, 0], [0.1, 0.2])["auc"])
+
+
+def test_roc_auc_is_scikit_learns_value_with_ties_and_nan_where_undefined():
+    rng = np.random.default_rng(0)
+    for n, levels in ((50, 5), (400, 40), (3000, None)):  # heavy ties, some, none
+        y = (rng.random(n) < 0.2).astype(int)
+        s = rng.integers(0, levels, n).astype(float) if levels else rng.normal(size=n) + y
+        assert roc_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert roc_auc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5
+    assert np.isnan(roc_auc([1, 1, 1], [0.1, 0.2, 0.3]))
+    assert np.isnan(roc_auc([0, 1, 0, 1], [0.1, np.nan, 0.3, 0.4]))  # a diverged model
 
 
 def test_selection_rule_on_a_scripted_history():

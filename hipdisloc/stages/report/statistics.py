@@ -15,11 +15,10 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
-from scipy import stats
 from scipy.special import expit, logit
 from sklearn.isotonic import IsotonicRegression
 
-from hipdisloc.metrics import confusion_metrics
+from hipdisloc.metrics import confusion_metrics, roc_auc
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
 """A metric of (labels, scores) -> value; NaN where the metric is undefined."""
@@ -58,19 +57,10 @@ def _ratio(numerator: float, denominator: float) -> float:
 
 
 def auc(labels: ArrayLike, scores: ArrayLike) -> float:
-    """ROC AUC by the Mann-Whitney rank formula (ties count one half); NaN with one class.
-
-    Same value as ``sklearn.metrics.roc_auc_score``, without its input checks (it runs once per
-    bootstrap resample).
-    """
+    """ROC AUC (:func:`hipdisloc.metrics.roc_auc`: ties count one half; NaN with one class),
+    the labels checked to be 0 or 1 and the scores one per label."""
     y = _labels(labels)
-    s = _scores(scores, len(y))
-    n_pos = int(y.sum())
-    n_neg = len(y) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = stats.rankdata(s)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return roc_auc(y, _scores(scores, len(y)))
 
 
 def threshold_metric(name: str, threshold: float = 0.5) -> Metric:

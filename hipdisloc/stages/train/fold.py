@@ -266,19 +266,25 @@ def stage_trainer(out: Path, stage: str, recorder: SelectionRecorder, trainer: d
     return pl.Trainer(**args)
 
 
-def sample_at_prevalence(table: pd.DataFrame, prevalence: float,
-                         seed: int | list[int]) -> pd.DataFrame:
-    """All negatives and as many positives as make ``prevalence`` (fewer negatives if short)."""
+def prevalence_sample(labels: np.ndarray, prevalence: float,
+                      seed: int | list[int]) -> np.ndarray:
+    """Positions (sorted) of all negatives and as many positives as make ``prevalence`` (fewer
+    negatives if short) among ``labels`` (1 = dislocated)."""
     rng = np.random.default_rng(seed)
-    pos = table[table["dislocated"] == 1]
-    neg = table[table["dislocated"] == 0]
+    labels = np.asarray(labels)
+    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
     n_pos = min(len(pos), int(round(len(neg) * prevalence / (1 - prevalence))))
     if n_pos == 0 and len(pos):
         n_pos = 1
     n_neg = min(len(neg), int(round(n_pos * (1 - prevalence) / prevalence)))
-    take = np.concatenate([rng.choice(pos.index, n_pos, replace=False),
-                           rng.choice(neg.index, n_neg, replace=False)])
-    return table.loc[np.sort(take)]
+    return np.sort(np.concatenate([rng.choice(pos, n_pos, replace=False),
+                                   rng.choice(neg, n_neg, replace=False)]))
+
+
+def sample_at_prevalence(table: pd.DataFrame, prevalence: float,
+                         seed: int | list[int]) -> pd.DataFrame:
+    """The rows of :func:`prevalence_sample` (by the ``dislocated`` column)."""
+    return table.iloc[prevalence_sample(table["dislocated"].to_numpy(), prevalence, seed)]
 
 
 def by_sex_metrics(non_training: pd.DataFrame, threshold: float, prevalence: float,
@@ -289,10 +295,11 @@ def by_sex_metrics(non_training: pd.DataFrame, threshold: float, prevalence: flo
     out = {}
     for code, (sex, label) in enumerate((("M", "male"), ("F", "female"))):
         table = non_training[non_training["sex"] == sex]
-        samples = [sample_at_prevalence(table, prevalence, [seed, fold, code, k])
+        labels, logits = table["dislocated"].to_numpy(), table["logit"].to_numpy()
+        samples = [prevalence_sample(labels, prevalence, [seed, fold, code, k])
                    for k in range(draws)] if len(table) else []
-        out[label] = repeated_draw_metrics(
-            [(t["dislocated"].to_numpy(), t["logit"].to_numpy()) for t in samples], threshold)
+        out[label] = repeated_draw_metrics([(labels[at], logits[at]) for at in samples],
+                                           threshold)
         out[label]["prevalence"] = prevalence
     return out
 
@@ -430,17 +437,17 @@ class FoldRun:
         return self._fit(STAGES[1], self.s.schedule.full_epochs)
 
     def evaluate(self, trainer_args: dict) -> dict[str, np.ndarray]:
-        """Logits of the test half and of every non-training image, through the Lightning
-        test step (DDP: each rank a disjoint share, gathered)."""
-        out = {}
-        for subset in ("test", "non_training"):
-            self.dm.evaluate_subset = subset
-            tester = pl.Trainer(logger=False, enable_checkpointing=False,
-                                use_distributed_sampler=False, default_root_dir=self.out,
-                                **trainer_args)
-            tester.test(self.model, datamodule=self.dm, verbose=False)
-            out[subset] = self.model.last_predictions["logit"]
-        return out
+        """Logits of every non-training image (validation and test, each once), through the
+        Lightning test step (DDP: each rank a disjoint share, gathered), and of the test half:
+        its rows among them (both in the table's order)."""
+        self.dm.evaluate_subset = "non_training"
+        tester = pl.Trainer(logger=False, enable_checkpointing=False,
+                            use_distributed_sampler=False, default_root_dir=self.out,
+                            **trainer_args)
+        tester.test(self.model, datamodule=self.dm, verbose=False)
+        logits = np.asarray(self.model.last_predictions["logit"])
+        is_test = (self.dm.subset("non_training")["subset"] == "test").to_numpy()
+        return {"non_training": logits, "test": logits[is_test]}
 
 
 def _prediction_table(images: pd.DataFrame, logits: np.ndarray) -> pd.DataFrame:
