@@ -63,7 +63,7 @@ def test_confusion_metrics_against_a_hand_computed_matrix():
     assert np.isnan(confusion_metrics([0, 0], [0.1, 0.2])["auc"])
 
 
-def test_roc_auc_is_scikit_learns_value_with_ties_and_nan_where_undefined():
+def test_roc_auc_is_scikit_learns_value_with_ties_nan_with_one_class_refuses_nan():
     rng = np.random.default_rng(0)
     for n, levels in ((50, 5), (400, 40), (3000, None)):  # heavy ties, some, none
         y = (rng.random(n) < 0.2).astype(int)
@@ -71,7 +71,8 @@ def test_roc_auc_is_scikit_learns_value_with_ties_and_nan_where_undefined():
         assert roc_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
     assert roc_auc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5
     assert np.isnan(roc_auc([1, 1, 1], [0.1, 0.2, 0.3]))
-    assert np.isnan(roc_auc([0, 1, 0, 1], [0.1, np.nan, 0.3, 0.4]))  # a diverged model
+    with pytest.raises(ValueError, match="1 of 4 scores are NaN"):  # a diverged model
+        roc_auc([0, 1, 0, 1], [0.1, np.nan, 0.3, 0.4])
 
 
 def test_selection_rule_on_a_scripted_history():
