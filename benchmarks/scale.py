@@ -17,7 +17,10 @@ own; the process times the task alone, except where the task includes the read:
   CropDataset) and one epoch of ``OversampledSampler`` positions;
 - ``datamodule_setup``: what each fold's job does before its first batch -- read crops.csv,
   ClassificationDataModule.setup() (folds and subsets), the training CropDataset, one epoch of
-  sampler positions.
+  sampler positions;
+- ``datamodule_setup_again``: the same in a new process, as the next fold job of a sweep runs
+  it: the fold groups are read from the file the first setup left beside crops.csv
+  (:mod:`hipdisloc.io.fold_groups`) instead of computed.
 
 Baseline: ``pandas.read_csv`` of the same file in the same kind of process (ratio = task seconds
 / read seconds; memory ratio = task peak / baseline peak). Targets: each task in seconds (<= 10
@@ -36,7 +39,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TASKS = ("read_csv", "cache_index", "folds", "oversample", "datamodule_setup")
+TASKS = ("read_csv", "cache_index", "folds", "oversample", "datamodule_setup",
+         "datamodule_setup_again")
 TARGET_SECONDS, TARGET_PEAK_MB = 10.0, 2048.0
 
 
@@ -68,7 +72,8 @@ def run_task(task: str, csv: Path) -> dict:
     def read() -> pd.DataFrame:
         return pd.read_csv(csv, dtype={"image_id": str})
 
-    table = None if task in ("read_csv", "datamodule_setup") else read()
+    table = None if task in ("read_csv", "datamodule_setup", "datamodule_setup_again") \
+        else read()
     if task == "oversample":
         groups = assign_fold_groups(table, 10, 0)
         table = table[fold_subsets(table, groups, 0, 0) == "train"]
@@ -88,7 +93,7 @@ def run_task(task: str, csv: Path) -> dict:
         keys = [key for key, _ in OversampledSampler(ds.labels, shuffle=True, seed=0)]
         out["epoch"] = len(keys)
         out["positives"] = float(np.mean([ds.labels[ds.row_of(k)[0]] for k in keys]))
-    elif task == "datamodule_setup":
+    elif task in ("datamodule_setup", "datamodule_setup_again"):
         dm = ClassificationDataModule(str(csv.parent), fold=0, n_folds=10, seed=0)
         dm.setup()
         ds = CropDataset(dm.subset("train"), csv.parent, augment="none")

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+import hipdisloc.io.fold_groups as fold_groups_file
 from hipdisloc.folds import assign_fold_groups, check_disjoint, fold_subsets
 from hipdisloc.metrics import confusion_metrics, roc_auc, select_checkpoint
 from hipdisloc.phantom.population import CohortSettings, sample_cohort
@@ -44,6 +45,27 @@ def test_fold_subsets_disjoint_90_5_5_and_sex_balanced_test(cohort):
             h = (held[held["dislocated"] == cls]["sex"] == "F").mean()
             assert abs(t - h) < 0.12
     assert (fold_subsets(cohort, groups, 3) == fold_subsets(cohort, groups, 3)).all()
+
+
+def test_fold_groups_computed_once_per_table_and_seed_then_read(cohort, tmp_path, monkeypatch):
+    computed = []
+
+    def counting(images, n_folds, seed):
+        computed.append(seed)
+        return assign_fold_groups(images, n_folds, seed)
+
+    monkeypatch.setattr(fold_groups_file, "assign_fold_groups", counting)
+    first = fold_groups_file.cached_fold_groups(cohort, 10, 0, tmp_path)
+    pd.testing.assert_series_equal(first, assign_fold_groups(cohort, 10, 0))
+    again = fold_groups_file.cached_fold_groups(cohort.sample(frac=1, random_state=1), 10, 0,
+                                                tmp_path)  # row order does not matter
+    pd.testing.assert_series_equal(again, first)
+    assert computed == [0] and len(list(tmp_path.glob("fold_groups-*.npy"))) == 1
+    fold_groups_file.cached_fold_groups(cohort, 10, 1, tmp_path)  # another seed: its own file
+    relabelled = cohort.assign(dislocated=np.where(cohort.index == cohort.index[0],
+                                                   1 - cohort["dislocated"], cohort["dislocated"]))
+    fold_groups_file.cached_fold_groups(relabelled, 10, 0, tmp_path)  # one label changed
+    assert computed == [0, 1, 0] and len(list(tmp_path.glob("fold_groups-*.npy"))) == 3
 
 
 def test_check_disjoint_catches_a_leak():

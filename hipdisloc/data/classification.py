@@ -35,8 +35,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from hipdisloc.config import DataSettings
 from hipdisloc.data.on_device import DeviceBatches, DeviceCrops
-from hipdisloc.folds import assign_fold_groups, fold_subsets
+from hipdisloc.folds import fold_subsets
 from hipdisloc.io import cache
+from hipdisloc.io.fold_groups import cached_fold_groups
 from hipdisloc.io.pack import PackIndex, check_pack, ensure_pack, open_array
 
 log = logging.getLogger(__name__)
@@ -348,7 +349,7 @@ class ClassificationDataModule(pl.LightningDataModule):
             return
         crops = pd.read_csv(self.crops_dir / "crops.csv", dtype={"image_id": str})
         crops = crops[crops["crop_path"].notna() & (crops["crop_path"] != "")]
-        groups = assign_fold_groups(crops, self.n_folds, self.seed)
+        groups = cached_fold_groups(crops, self.n_folds, self.seed, self.crops_dir)
         crops = crops.assign(group=crops["patient_id"].map(groups),
                              subset=fold_subsets(crops, groups, self.fold, self.seed))
         self.table = crops.reset_index(drop=True)
