@@ -66,6 +66,11 @@ def test_fold_groups_computed_once_per_table_and_seed_then_read(cohort, tmp_path
                                                    1 - cohort["dislocated"], cohort["dislocated"]))
     fold_groups_file.cached_fold_groups(relabelled, 10, 0, tmp_path)  # one label changed
     assert computed == [0, 1, 0] and len(list(tmp_path.glob("fold_groups-*.npy"))) == 3
+    kept = fold_groups_file.fold_groups_key(cohort, 10, 0)
+    (tmp_path / f"fold_groups-{kept}.npy").write_bytes(b"not an array")  # a damaged file
+    pd.testing.assert_series_equal(fold_groups_file.cached_fold_groups(cohort, 10, 0, tmp_path),
+                                   first)
+    assert computed == [0, 1, 0, 0]
 
 
 def test_check_disjoint_catches_a_leak():

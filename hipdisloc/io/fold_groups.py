@@ -11,7 +11,6 @@ table, seed or version computes (and keeps) its own, and nothing stale is ever r
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import pandas as pd
 import xxhash
 
 from hipdisloc.folds import assign_fold_groups
+from hipdisloc.io.cache import save_atomic
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +41,23 @@ def cached_fold_groups(images: pd.DataFrame, n_folds: int, seed: int,
                        folder: str | Path) -> pd.Series:
     """:func:`assign_fold_groups` of ``images``, read from ``folder`` when computed there
     before, else computed and written there (atomically; an unwritable folder only costs the
-    time next run)."""
+    time next run, an unreadable file is computed again)."""
     path = Path(folder) / f"fold_groups-{fold_groups_key(images, n_folds, seed)}.npy"
     patients = np.sort(images["patient_id"].unique())
     if path.is_file():
-        groups = np.load(path)
-        if len(groups) == len(patients):
-            return pd.Series(groups, index=pd.Index(patients, name="patient_id"), name="group")
-        log.warning("%s holds %d groups for %d patients: computing them again", path,
-                    len(groups), len(patients))
+        try:
+            groups = np.load(path)
+        except (OSError, ValueError) as err:
+            log.warning("%s unreadable (%s): computing the fold groups again", path, err)
+        else:
+            if len(groups) == len(patients):
+                return pd.Series(groups, index=pd.Index(patients, name="patient_id"),
+                                 name="group")
+            log.warning("%s holds %d groups for %d patients: computing them again", path,
+                        len(groups), len(patients))
     series = assign_fold_groups(images, n_folds, seed)
     try:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, series.loc[patients].to_numpy())
-        os.replace(tmp, path)
+        save_atomic(path, series.loc[patients].to_numpy())
     except OSError as err:
         log.warning("fold groups not kept in %s (%s): each fold job computes them", folder, err)
     return series
