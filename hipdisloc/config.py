@@ -186,7 +186,9 @@ class ModelSettings:
     """:class:`hipdisloc.models.classifier.DislocationClassifier`: torchvision ResNet18, one
     logit, BCE weighted for the positive class."""
 
-    pretrained: str = "auto"  # auto (imagenet if its local file exists) | imagenet | none | path
+    # auto (imagenet if its local file exists) | imagenet | none | phantom_geometry (a backbone
+    # pretrained to measure the implant on another phantom cohort: pretrain, the demo's) | path
+    pretrained: str = "auto"
     pos_weight: float = 25.0
     lr: float = 1.0e-4
     lr_finder: bool = True  # stage 2's top learning rate from Lightning's LR finder
@@ -195,6 +197,21 @@ class ModelSettings:
     lr_slice_ratio: float = 100.0  # stage 2: the stem gets top_lr / 100, the head top_lr
     channels_last: Any = False  # true | false | auto (with bf16): NHWC weights and inputs
     compile: bool = False  # torch.compile the network (a compilation per process and stage)
+
+
+@dataclass
+class PretrainSettings:
+    """``model.pretrained=phantom_geometry`` (:mod:`hipdisloc.stages.pretrain`): a ResNet18
+    pretrained to measure the implant (cup inclination and anteversion, head diameter, offset)
+    on a separate phantom cohort drawn like the study's, the demo's stand-in for ImageNet
+    weights."""
+
+    n_patients: int = 2000  # of the pretraining cohort (other patients than the study's)
+    seed: int = 1000  # its phantom's seed; must differ from cohort.phantom.seed
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 1.0e-3  # Adam, cosine annealed over the epochs
+    held_out: float = 0.1  # share of its patients kept out of the fit to report R² on
 
 
 @dataclass
@@ -335,6 +352,7 @@ class TrainConfig(FoldConfig):
     detector: DetectorSettings = field(default_factory=DetectorSettings)
     prepare: PrepareSettings = field(default_factory=PrepareSettings)
     crop: CropSettings = field(default_factory=CropSettings)
+    pretrain: PretrainSettings = field(default_factory=PretrainSettings)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     report: ReportSettings = field(default_factory=ReportSettings)
 

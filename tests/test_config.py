@@ -43,7 +43,9 @@ def test_the_demo_reads_as_its_yaml_says():
     assert isinstance(demo, TrainConfig)
     assert (demo.name, demo.paths.data_dir) == ("demo", "data/demo")  # interpolation resolved
     assert demo.cohort.phantom.n_patients == 2000 and demo.cohort.phantom.risk.head_22 == 3.5
-    assert (demo.schedule.head_epochs, demo.schedule.full_epochs) == (0, 4)
+    assert (demo.schedule.head_epochs, demo.schedule.full_epochs) == (2, 3)
+    assert (demo.model.pretrained, demo.model.lr) == ("phantom_geometry", 1e-4)
+    assert demo.pretrain.seed != demo.cohort.phantom.seed  # other patients than the study's
     assert demo.detector.data.input_size == 192 and demo.crop.crop_size == 64
     paper = to_settings(_compose("train", []))
     assert paper.schedule.head_epochs == 15 and paper.model.pos_weight == 25.0

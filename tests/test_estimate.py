@@ -28,7 +28,8 @@ def estimate_only(tmp_path, *overrides: str) -> str:
 
 @pytest.mark.parametrize("overrides, name, stages", [
     ((), "rouzrokh2021", ("phantom", "prepare", "detect", "crop", "folds")),
-    (("experiment=demo",), "demo", ("phantom", "prepare", "detect", "crop", "folds")),
+    (("experiment=demo",), "demo", ("phantom", "prepare", "detect", "crop", "pretrain",
+                                     "folds")),
 ])
 def test_the_study_prints_its_estimate_before_it_starts(tmp_path, overrides, name, stages):
     out = estimate_only(tmp_path, *overrides)
@@ -67,3 +68,23 @@ def _size():
     from hipdisloc.stages.train.estimate import CohortSize
 
     return CohortSize(1000, 900, 0.02)
+
+
+def test_the_pretrain_stage_is_costed_from_its_cohort_and_epochs(tmp_path):
+    from hipdisloc.config import PhantomSettings, TrainConfig
+    from hipdisloc.stages.train.estimate import CohortSize, pretrain_cost
+
+    cfg = TrainConfig()
+    cfg.cohort.phantom = PhantomSettings(n_patients=1000)
+    cfg.schedule.batch_size = 32
+    cfg.pretrain.n_patients, cfg.pretrain.epochs, cfg.pretrain.batch_size = 500, 2, 64
+    size = CohortSize(radiographs=1200, crops=1000, positive_share=0.25)
+    assert pretrain_cost(cfg, size, 0.01, 0.2, tmp_path) is None  # model.pretrained: auto
+    cfg.model.pretrained = "phantom_geometry"
+    cost = pretrain_cost(cfg, size, 0.01, 0.2, tmp_path)
+    # half the patients: 600 radiographs x 0.01 s; 2 epochs x floor(0.9 x 500 / 64) = 7 steps
+    # of 0.2 s x 64 / 32 = 0.4 s
+    assert cost.stage == "pretrain" and cost.seconds == pytest.approx(6.0 + 2 * 7 * 0.4)
+    (tmp_path / "pretrain").mkdir()
+    (tmp_path / "pretrain" / "stage.json").write_text("{}")
+    assert pretrain_cost(cfg, size, 0.01, 0.2, tmp_path) == StageCost("pretrain", 0.0, "reused")

@@ -30,7 +30,9 @@ TINY = ["experiment=demo", "debug=fast", "n_folds=2", "cohort.phantom.n_patients
         "cohort.phantom.image_size=128", "prepare.image_size=128", "prepare.workers=1",
         "cohort.phantom.workers=1", "crop.boxes_from=ground_truth", "crop.crop_size=32",
         # the tiny cohort as before the demo went to one radiograph per THA and batch 64
-        "cohort.phantom.images_per_tha=2.0", "schedule.batch_size=32"]
+        "cohort.phantom.images_per_tha=2.0", "schedule.batch_size=32",
+        # the demo's backbone pretrained on a pretraining cohort as tiny as the study's
+        "pretrain.n_patients=40", "pretrain.epochs=1", "pretrain.batch_size=16"]
 
 
 def run_train(args: list[str], home: Path, timeout: int = 600, background: bool = False):
@@ -54,8 +56,11 @@ def data_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     out = run_train([*TINY, f"paths.data_dir={root / 'data'}", f"paths.out_dir={root / 'first'}",
                      "fold=0"], root)
-    for stage in ("phantom", "prepare", "crop"):
+    for stage in ("phantom", "prepare", "crop", "pretrain"):
         assert f"{stage}: building" in out
+    # experiment=demo's model.pretrained=phantom_geometry: the fold started from that backbone
+    result = json.loads((root / "first" / "fold0" / "test_metrics.json").read_text())
+    assert result["pretrained"] == str(root / "data" / "pretrain" / "backbone.pt")
     return root / "data"
 
 

@@ -45,6 +45,10 @@ def resnet18(pretrained: str = "none") -> torch.nn.Module:
     and says where to put it when it is absent; ``auto`` uses it when it is there.
     """
     pretrained = resolve_pretrained(pretrained)
+    if pretrained == "phantom_geometry":
+        raise ValueError("model.pretrained=phantom_geometry is built by python -m hipdisloc.train "
+                         "(its pretrain stage, data_dir/pretrain/backbone.pt); elsewhere give "
+                         "the backbone's path")
     net = torchvision.models.resnet18(weights=None)
     if pretrained not in ("none", None, ""):
         path = Path(pretrained)

@@ -205,6 +205,26 @@ def classifier_seconds(cfg: TrainConfig) -> tuple[float, float, float]:
     return frozen, full, infer
 
 
+def pretrain_cost(cfg: TrainConfig, size: CohortSize, cohort_per_image: float,
+                  full_step: float, data_dir: Path) -> StageCost | None:
+    """``model.pretrained=phantom_geometry``: its phantom cohort drawn, prepared and cropped
+    (scaled from the study's by patients) and its regressor's epochs at the classifier's
+    all-layer step time (scaled by batch); None when the model is not pretrained so."""
+    if cfg.model.pretrained != "phantom_geometry" or cfg.cohort.phantom is None:
+        return None
+    if _reused(data_dir, "pretrain"):
+        return StageCost("pretrain", 0.0, "reused")
+    p = cfg.pretrain
+    share = p.n_patients / max(1, cfg.cohort.phantom.n_patients)
+    radiographs, crops = share * size.radiographs, share * size.crops
+    steps = math.floor((1 - p.held_out) * crops / p.batch_size)
+    step = full_step * p.batch_size / max(1, cfg.schedule.batch_size)
+    seconds = radiographs * cohort_per_image + p.epochs * steps * step
+    return StageCost("pretrain", seconds,
+                     f"{radiographs:,.0f} radiographs drawn and prepared, {p.epochs} epochs × "
+                     f"{steps:,} steps × {step:.2f} s (batch {p.batch_size})")
+
+
 def estimate(cfg: TrainConfig, n_folds: int, data_dir: Path) -> tuple[list[StageCost],
                                                                        CohortSize]:
     """Every stage's estimated seconds for a study of ``n_folds`` fold jobs run one after
@@ -213,10 +233,12 @@ def estimate(cfg: TrainConfig, n_folds: int, data_dir: Path) -> tuple[list[Stage
     size = cohort_size(cfg, phantom)
     costs = []
     workers = max(1, cfg.prepare.workers)
+    cohort_per_image = 0.0  # phantom + prepare seconds of one radiograph (the pretrain cohort's)
     with tempfile.TemporaryDirectory() as tmp:
         files: list[Path] = []
         if phantom is not None:
             per_image, files = phantom_seconds(cfg, phantom, Path(tmp))
+            per_image_phantom = per_image
             seconds = 0.0 if _reused(data_dir, "phantom") else (
                 per_image * size.radiographs / max(1, cfg.cohort.phantom.workers))
             costs.append(StageCost("phantom", seconds,
@@ -228,6 +250,9 @@ def estimate(cfg: TrainConfig, n_folds: int, data_dir: Path) -> tuple[list[Stage
             basis = (f"{size.radiographs:,} radiographs × {per_image:.2f} s / {workers} workers")
         else:
             per_image, basis = 0.05, "0.05 s per radiograph assumed (no phantom to time)"
+        if phantom is not None:
+            cohort_per_image = (per_image_phantom / max(1, cfg.cohort.phantom.workers)
+                                + per_image / workers)
         reused = _reused(data_dir, "prepared")
         costs.append(StageCost("prepare", 0.0 if reused else
                                per_image * size.radiographs / workers,
@@ -257,6 +282,9 @@ def estimate(cfg: TrainConfig, n_folds: int, data_dir: Path) -> tuple[list[Stage
     fold = (cfg.schedule.head_epochs * (steps * frozen + per_epoch_eval)
             + cfg.schedule.full_epochs * (steps * full + per_epoch_eval)
             + LR_FINDER_STEPS * full + 0.1 * size.crops * infer)
+    pretrain = pretrain_cost(cfg, size, cohort_per_image, full, data_dir)
+    if pretrain is not None:
+        costs.append(pretrain)
     costs.append(StageCost("folds", n_folds * fold,
                            f"{n_folds} × ({cfg.schedule.head_epochs} + "
                            f"{cfg.schedule.full_epochs} epochs × {steps:,} steps of "

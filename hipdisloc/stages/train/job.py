@@ -23,7 +23,8 @@ from hipdisloc.progress import fold_line, interactive
 from hipdisloc.stages.report.aggregate import phantom_oracle_auc
 from hipdisloc.stages.train.fold import FoldProgress, train_fold
 from hipdisloc.stages.train.tracking import FoldTracker
-from hipdisloc.stages.train.upstream import ensure_upstream
+from hipdisloc.stages.pretrain import PHANTOM_GEOMETRY
+from hipdisloc.stages.train.upstream import backbone_path, ensure_upstream
 
 log = logging.getLogger("hipdisloc.train")
 DDP_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -122,6 +123,8 @@ def train_one_fold(cfg: DictConfig, out: Path, label: str, study=None) -> tuple[
     try:
         settings = for_this_machine(to_settings(cfg))
         crops = ensure_upstream(settings)
+        if settings.model.pretrained == PHANTOM_GEOMETRY:
+            settings.model.pretrained = str(backbone_path(settings))
         started = time.monotonic()
         if rank_zero_only.rank == 0:
             write_inputs_record(cfg, out, crops)

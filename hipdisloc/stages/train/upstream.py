@@ -1,7 +1,7 @@
 """The stages upstream of training, run when their outputs are missing and reused when present.
 
-phantom (only when the cohort is the embedded phantom) -> prepare -> detect -> crop, each in its
-own folder under ``paths.data_dir``. A stage that finishes writes ``stage.json`` (its settings and
+phantom (only when the cohort is the embedded phantom) -> prepare -> detect -> crop (-> pretrain,
+only with ``model.pretrained=phantom_geometry``), each in its own folder under ``paths.data_dir``. A stage that finishes writes ``stage.json`` (its settings and
 inputs); the next run with the same settings reuses the folder, and one with other settings stops
 with a message naming the folder (delete it, or use another ``paths.data_dir``) rather than mixing
 two configurations. A stage's settings include the content hash of its inputs (the manifest,
@@ -184,6 +184,41 @@ def ensure_crops(cfg: TrainConfig, data_dir: Path, prepared: Path, detector: Pat
     return out
 
 
+def backbone_path(cfg: TrainConfig) -> Path:
+    """Where ``model.pretrained=phantom_geometry``'s backbone is kept."""
+    from hipdisloc.stages.pretrain import BACKBONE_FILE
+
+    return Path(cfg.paths.data_dir) / "pretrain" / BACKBONE_FILE
+
+
+def ensure_pretrained_backbone(cfg: TrainConfig, data_dir: Path) -> Path | None:
+    """``model.pretrained=phantom_geometry``: the backbone pretrained to measure the implant on a
+    separate phantom cohort (:mod:`hipdisloc.stages.pretrain`), built once; else None."""
+    from hipdisloc.stages import pretrain
+
+    if cfg.model.pretrained != pretrain.PHANTOM_GEOMETRY:
+        return None
+    if cfg.cohort.phantom is None:
+        raise ValueError("model.pretrained=phantom_geometry pretrains on a phantom cohort drawn "
+                         "like the study's, and this study's cohort is a manifest: start a real "
+                         "archive from ImageNet weights (model.pretrained=imagenet or a path)")
+    out = data_dir / "pretrain"
+    phantom = pretrain.pretraining_phantom(cfg.cohort.phantom, cfg.pretrain)
+    record = {"pretrain": asdict(cfg.pretrain),
+              "phantom": {k: v for k, v in asdict(phantom).items() if k != "workers"},
+              "prepare": {k: v for k, v in asdict(cfg.prepare).items() if k != "workers"},
+              "crop": {k: v for k, v in asdict(pretrain.ground_truth_crops(cfg.crop)).items()
+                       if k not in ("batch_size", "pack")},
+              "precision": cfg.trainer.precision}
+    bf16 = str(cfg.trainer.precision).startswith("bf16")
+    run_stage("pretrain", out, record,
+              lambda: pretrain.pretrain_backbone(out, cfg.cohort.phantom, cfg.prepare, cfg.crop,
+                                                 cfg.pretrain, bf16, progress=interactive(),
+                                                 log=log.info),
+              lambda: pretrain.summary(out))
+    return out / pretrain.BACKBONE_FILE
+
+
 def _phantom_summary(out: Path) -> str:
     import pandas as pd
 
@@ -213,10 +248,13 @@ def _crop_summary(out: Path) -> str:
 
 
 def ensure_upstream(cfg: TrainConfig) -> Path:
-    """Every stage before training, built or reused; returns the crops folder."""
+    """Every stage before training, built or reused; returns the crops folder (the pretrained
+    backbone, when asked for, is at :func:`backbone_path`)."""
     data_dir = Path(cfg.paths.data_dir)
     with stage_lock(data_dir):
         manifest, boxes, data_root = ensure_cohort(cfg, data_dir)
         prepared = ensure_prepared(cfg, data_dir, manifest, data_root)
         detector = ensure_detector(cfg, data_dir, prepared, boxes)
-        return ensure_crops(cfg, data_dir, prepared, detector, boxes)
+        crops = ensure_crops(cfg, data_dir, prepared, detector, boxes)
+        ensure_pretrained_backbone(cfg, data_dir)
+        return crops
