@@ -20,10 +20,10 @@ from hipdisloc.config import TrainConfig, TrainerSettings, to_settings
 from hipdisloc.io.atomic import write_text
 from hipdisloc.precision import resolve_channels_last, resolve_precision
 from hipdisloc.progress import fold_line, interactive
+from hipdisloc.stages.pretrain import PHANTOM_GEOMETRY
 from hipdisloc.stages.report.aggregate import phantom_oracle_auc
 from hipdisloc.stages.train.fold import FoldProgress, train_fold
 from hipdisloc.stages.train.tracking import FoldTracker
-from hipdisloc.stages.pretrain import PHANTOM_GEOMETRY
 from hipdisloc.stages.train.upstream import backbone_path, ensure_upstream
 
 log = logging.getLogger("hipdisloc.train")

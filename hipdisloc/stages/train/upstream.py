@@ -1,9 +1,10 @@
 """The stages upstream of training, run when their outputs are missing and reused when present.
 
 phantom (only when the cohort is the embedded phantom) -> prepare -> detect -> crop (-> pretrain,
-only with ``model.pretrained=phantom_geometry``), each in its own folder under ``paths.data_dir``. A stage that finishes writes ``stage.json`` (its settings and
-inputs); the next run with the same settings reuses the folder, and one with other settings stops
-with a message naming the folder (delete it, or use another ``paths.data_dir``) rather than mixing
+only with ``model.pretrained=phantom_geometry``), each in its own folder under
+``paths.data_dir``. A stage that finishes writes ``stage.json`` (its settings and inputs); the
+next run with the same settings reuses the folder, and one with other settings stops with a
+message naming the folder (delete it, or use another ``paths.data_dir``) rather than mixing
 two configurations. A stage's settings include the content hash of its inputs (the manifest,
 the boxes, the upstream stage's record), so a rebuilt upstream stage is never silently paired
 with an old downstream one. The jobs of a sweep share the upstream stages: the first takes a
