@@ -350,7 +350,8 @@ class FoldRun:
         if resolve_pretrained(m.pretrained) == "none" and s.schedule.head_epochs > 0:
             log.warning("model.pretrained resolves to none: stage 1 trains the head on a randomly "
                         "initialised frozen backbone (the paper froze ImageNet weights); put the "
-                        "weights file in place, or set schedule.head_epochs=0 as experiment=demo")
+                        "weights file in place, use model.pretrained=phantom_geometry on the "
+                        "phantom (as experiment=demo), or set schedule.head_epochs=0")
         self.recorder = SelectionRecorder(self.ckpt_dir, s.callbacks.selection.sensitivity_floor)
         progress = self.ckpt_dir / "progress.json"
         self.progress = json.loads(progress.read_text()) if progress.is_file() else {}
