@@ -17,11 +17,10 @@ from hipdisloc.config import (
     PretrainSettings,
     TrainConfig,
 )
-from hipdisloc.models.classifier import resnet18
+from hipdisloc.models.classifier import PHANTOM_GEOMETRY, resnet18
 from hipdisloc.phantom.recoverability import FACTORS
 from hipdisloc.stages.pretrain import (
     BACKBONE_FILE,
-    PHANTOM_GEOMETRY,
     RECORD_FILE,
     pretrain_backbone,
     pretraining_phantom,

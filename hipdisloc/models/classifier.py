@@ -23,6 +23,9 @@ from hipdisloc.metrics import roc_auc, weighted_bce
 from hipdisloc.thresholds import sensitivity_specificity, training_log_odds
 
 IMAGENET_FILE = "resnet18-f37072fd.pth"  # torchvision's file name for ImageNet ResNet18
+# model.pretrained's value for a backbone that the train command's pretrain stage builds
+# (hipdisloc.stages.pretrain) and hands to the folds as a path
+PHANTOM_GEOMETRY = "phantom_geometry"
 LAYER_GROUPS = (("conv1", "bn1", "layer1"), ("layer2",), ("layer3",), ("layer4",), ("fc",))
 
 
@@ -45,7 +48,7 @@ def resnet18(pretrained: str = "none") -> torch.nn.Module:
     and says where to put it when it is absent; ``auto`` uses it when it is there.
     """
     pretrained = resolve_pretrained(pretrained)
-    if pretrained == "phantom_geometry":
+    if pretrained == PHANTOM_GEOMETRY:
         raise ValueError("model.pretrained=phantom_geometry is built by python -m hipdisloc.train "
                          "(its pretrain stage, data_dir/pretrain/backbone.pt); elsewhere give "
                          "the backbone's path")

@@ -28,7 +28,6 @@ from pathlib import Path
 from hipdisloc.config import CropSettings, PhantomSettings, PrepareSettings, PretrainSettings
 from hipdisloc.io.atomic import write_text
 
-PHANTOM_GEOMETRY = "phantom_geometry"  # the model.pretrained value that asks for this stage
 BACKBONE_FILE = "backbone.pt"
 RECORD_FILE = "pretrain.json"
 

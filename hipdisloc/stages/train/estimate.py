@@ -210,7 +210,9 @@ def pretrain_cost(cfg: TrainConfig, size: CohortSize, cohort_per_image: float,
     """``model.pretrained=phantom_geometry``: its phantom cohort drawn, prepared and cropped
     (scaled from the study's by patients) and its regressor's epochs at the classifier's
     all-layer step time (scaled by batch); None when the model is not pretrained so."""
-    if cfg.model.pretrained != "phantom_geometry" or cfg.cohort.phantom is None:
+    from hipdisloc.models.classifier import PHANTOM_GEOMETRY
+
+    if cfg.model.pretrained != PHANTOM_GEOMETRY or cfg.cohort.phantom is None:
         return None
     if _reused(data_dir, "pretrain"):
         return StageCost("pretrain", 0.0, "reused")
@@ -238,7 +240,7 @@ def estimate(cfg: TrainConfig, n_folds: int, data_dir: Path) -> tuple[list[Stage
         files: list[Path] = []
         if phantom is not None:
             per_image, files = phantom_seconds(cfg, phantom, Path(tmp))
-            per_image_phantom = per_image
+            cohort_per_image = per_image / max(1, cfg.cohort.phantom.workers)
             seconds = 0.0 if _reused(data_dir, "phantom") else (
                 per_image * size.radiographs / max(1, cfg.cohort.phantom.workers))
             costs.append(StageCost("phantom", seconds,
@@ -251,8 +253,7 @@ def estimate(cfg: TrainConfig, n_folds: int, data_dir: Path) -> tuple[list[Stage
         else:
             per_image, basis = 0.05, "0.05 s per radiograph assumed (no phantom to time)"
         if phantom is not None:
-            cohort_per_image = (per_image_phantom / max(1, cfg.cohort.phantom.workers)
-                                + per_image / workers)
+            cohort_per_image += per_image / workers
         reused = _reused(data_dir, "prepared")
         costs.append(StageCost("prepare", 0.0 if reused else
                                per_image * size.radiographs / workers,

@@ -18,9 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from hipdisloc.config import TrainConfig, TrainerSettings, to_settings
 from hipdisloc.io.atomic import write_text
+from hipdisloc.models.classifier import PHANTOM_GEOMETRY
 from hipdisloc.precision import resolve_channels_last, resolve_precision
 from hipdisloc.progress import fold_line, interactive
-from hipdisloc.stages.pretrain import PHANTOM_GEOMETRY
 from hipdisloc.stages.report.aggregate import phantom_oracle_auc
 from hipdisloc.stages.train.fold import FoldProgress, train_fold
 from hipdisloc.stages.train.tracking import FoldTracker

@@ -195,9 +195,10 @@ def backbone_path(cfg: TrainConfig) -> Path:
 def ensure_pretrained_backbone(cfg: TrainConfig, data_dir: Path) -> Path | None:
     """``model.pretrained=phantom_geometry``: the backbone pretrained to measure the implant on a
     separate phantom cohort (:mod:`hipdisloc.stages.pretrain`), built once; else None."""
+    from hipdisloc.models.classifier import PHANTOM_GEOMETRY
     from hipdisloc.stages import pretrain
 
-    if cfg.model.pretrained != pretrain.PHANTOM_GEOMETRY:
+    if cfg.model.pretrained != PHANTOM_GEOMETRY:
         return None
     if cfg.cohort.phantom is None:
         raise ValueError("model.pretrained=phantom_geometry pretrains on a phantom cohort drawn "
