@@ -38,6 +38,12 @@ def test_the_pretraining_cohort_is_drawn_like_the_study_but_is_other_patients():
     assert (study.n_patients, study.seed) == (2000, 5)  # the study's settings are not touched
     with pytest.raises(ValueError, match=r"pretrain.seed \(5\) equals cohort.phantom.seed"):
         pretraining_phantom(study, PretrainSettings(seed=5))
+    for key, value, message in (("held_out", 0.0, r"pretrain.held_out must be in \(0, 1\)"),
+                                ("held_out", 1.0, r"pretrain.held_out must be in \(0, 1\)"),
+                                ("epochs", 0, "pretrain.epochs must be at least 1"),
+                                ("batch_size", 1, "pretrain.batch_size must be at least 2")):
+        with pytest.raises(ValueError, match=message):
+            pretraining_phantom(study, PretrainSettings(seed=9, **{key: value}))
 
 
 def test_the_backbone_is_fitted_on_another_cohort_and_read_by_the_classifier(tmp_path):

@@ -32,10 +32,22 @@ BACKBONE_FILE = "backbone.pt"
 RECORD_FILE = "pretrain.json"
 
 
+def check_settings(settings: PretrainSettings) -> None:
+    """Refuse ``pretrain.*`` values the stage cannot run with, naming the key."""
+    if not 0 < settings.held_out < 1:
+        raise ValueError(f"pretrain.held_out must be in (0, 1) (a share of the pretraining "
+                         f"cohort's patients), got {settings.held_out}")
+    for key in ("n_patients", "epochs", "batch_size"):
+        if int(getattr(settings, key)) < (2 if key == "batch_size" else 1):
+            raise ValueError(f"pretrain.{key} must be at least "
+                             f"{2 if key == 'batch_size' else 1}, got {getattr(settings, key)}")
+
+
 def pretraining_phantom(study: PhantomSettings, settings: PretrainSettings) -> PhantomSettings:
     """The pretraining cohort's phantom: the study's (its population, rendering, image size),
     with its own number of patients and seed. The seed must differ from the study's: the same
-    seed would draw the study's own patients."""
+    seed would draw the study's own patients. ``settings`` are checked first."""
+    check_settings(settings)
     if settings.seed == study.seed:
         raise ValueError(f"pretrain.seed ({settings.seed}) equals cohort.phantom.seed: the "
                          "pretraining cohort would be the study's own patients; choose another")
@@ -43,13 +55,6 @@ def pretraining_phantom(study: PhantomSettings, settings: PretrainSettings) -> P
     phantom.n_patients = int(settings.n_patients)
     phantom.seed = int(settings.seed)
     return phantom
-
-
-def ground_truth_crops(crop: CropSettings) -> CropSettings:
-    """The study's crop settings, cut from the phantom's own boxes."""
-    out = copy.deepcopy(crop)
-    out.boxes_from = "ground_truth"
-    return out
 
 
 def pretrain_backbone(out: str | Path, study_phantom: PhantomSettings, prepare: PrepareSettings,
@@ -73,8 +78,7 @@ def pretrain_backbone(out: str | Path, study_phantom: PhantomSettings, prepare: 
              workers=phantom.workers, overwrite=True, progress=progress)
     prepare_stage(out / "prepared", prepare, manifest=out / "phantom" / "manifest.csv",
                   progress=progress)
-    crops = ground_truth_crops(crop)
-    crop_stage(out / "prepared", out / "crops", "ground_truth", crops,
+    crop_stage(out / "prepared", out / "crops", "ground_truth", crop,
                boxes=out / "phantom" / "boxes.json", batch_size=crop.batch_size,
                progress=progress)
     cohort_seconds = time.monotonic() - start

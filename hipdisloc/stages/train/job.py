@@ -124,7 +124,7 @@ def train_one_fold(cfg: DictConfig, out: Path, label: str, study=None) -> tuple[
         settings = for_this_machine(to_settings(cfg))
         crops = ensure_upstream(settings)
         if settings.model.pretrained == PHANTOM_GEOMETRY:
-            settings.model.pretrained = str(backbone_path(settings))
+            settings.model.pretrained = str(backbone_path(Path(settings.paths.data_dir)))
         started = time.monotonic()
         if rank_zero_only.rank == 0:
             write_inputs_record(cfg, out, crops)

@@ -185,11 +185,11 @@ def ensure_crops(cfg: TrainConfig, data_dir: Path, prepared: Path, detector: Pat
     return out
 
 
-def backbone_path(cfg: TrainConfig) -> Path:
+def backbone_path(data_dir: Path) -> Path:
     """Where ``model.pretrained=phantom_geometry``'s backbone is kept."""
     from hipdisloc.stages.pretrain import BACKBONE_FILE
 
-    return Path(cfg.paths.data_dir) / "pretrain" / BACKBONE_FILE
+    return Path(data_dir) / "pretrain" / BACKBONE_FILE
 
 
 def ensure_pretrained_backbone(cfg: TrainConfig, data_dir: Path) -> Path | None:
@@ -204,13 +204,15 @@ def ensure_pretrained_backbone(cfg: TrainConfig, data_dir: Path) -> Path | None:
         raise ValueError("model.pretrained=phantom_geometry pretrains on a phantom cohort drawn "
                          "like the study's, and this study's cohort is a manifest: start a real "
                          "archive from ImageNet weights (model.pretrained=imagenet or a path)")
-    out = data_dir / "pretrain"
+    backbone = backbone_path(data_dir)
+    out = backbone.parent
     phantom = pretrain.pretraining_phantom(cfg.cohort.phantom, cfg.pretrain)
     record = {"pretrain": asdict(cfg.pretrain),
               "phantom": {k: v for k, v in asdict(phantom).items() if k != "workers"},
               "prepare": {k: v for k, v in asdict(cfg.prepare).items() if k != "workers"},
-              "crop": {k: v for k, v in asdict(pretrain.ground_truth_crops(cfg.crop)).items()
-                       if k not in ("batch_size", "pack")},
+              "crop": {**{k: v for k, v in asdict(cfg.crop).items()
+                          if k not in ("batch_size", "pack")},
+                       "boxes_from": "ground_truth"},  # cut on its own boxes
               "precision": cfg.trainer.precision}
     bf16 = str(cfg.trainer.precision).startswith("bf16")
     run_stage("pretrain", out, record,
@@ -218,7 +220,7 @@ def ensure_pretrained_backbone(cfg: TrainConfig, data_dir: Path) -> Path | None:
                                                  cfg.pretrain, bf16, progress=interactive(),
                                                  log=log.info),
               lambda: pretrain.summary(out))
-    return out / pretrain.BACKBONE_FILE
+    return backbone
 
 
 def _phantom_summary(out: Path) -> str:
