@@ -85,6 +85,9 @@ def test_the_pretrain_stage_is_costed_from_its_cohort_and_epochs(tmp_path):
     # half the patients: 600 radiographs x 0.01 s; 2 epochs x floor(0.9 x 500 / 64) = 7 steps
     # of 0.2 s x 64 / 32 = 0.4 s
     assert cost.stage == "pretrain" and cost.seconds == pytest.approx(6.0 + 2 * 7 * 0.4)
+    # cut by the study's detector: 600 radiographs x 0.05 s more
+    cut = pretrain_cost(cfg, size, 0.01, 0.2, tmp_path, detect_per_image=0.05)
+    assert cut.seconds == pytest.approx(cost.seconds + 30.0) and "by the detector" in cut.basis
     (tmp_path / "pretrain").mkdir()
     (tmp_path / "pretrain" / "stage.json").write_text("{}")
     assert pretrain_cost(cfg, size, 0.01, 0.2, tmp_path) == StageCost("pretrain", 0.0, "reused")

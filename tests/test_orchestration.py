@@ -61,6 +61,9 @@ def data_dir(tmp_path_factory):
     # experiment=demo's model.pretrained=phantom_geometry: the fold started from that backbone
     result = json.loads((root / "first" / "fold0" / "test_metrics.json").read_text())
     assert result["pretrained"] == str(root / "data" / "pretrain" / "backbone.pt")
+    # its pretraining cohort cut on boxes found as the study's were (here the ground truth)
+    pretraining = pd.read_csv(root / "data" / "pretrain" / "crops" / "crops.csv", dtype=str)
+    assert set(pretraining["box_source"].dropna()) == {"ground_truth"}
     return root / "data"
 
 

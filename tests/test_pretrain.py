@@ -62,7 +62,9 @@ def test_the_backbone_is_fitted_on_another_cohort_and_read_by_the_classifier(tmp
     assert set(record["held_out_r2"]) == set(FACTORS)
     assert all(np.isfinite(v) for v in record["held_out_r2"].values())
     assert json.loads((tmp_path / RECORD_FILE).read_text()) == record
-    assert "held-out R² inclination" in summary(tmp_path)
+    assert "ground-truth crops of another phantom cohort, held-out R² inclination" \
+        in summary(tmp_path)
+    assert set(cropped["box_source"]) == {"ground_truth"}  # no detector given
 
     # backbone.pt: every ResNet18 weight but the head, and the classifier starts from it
     state = torch.load(tmp_path / BACKBONE_FILE, weights_only=True)
@@ -73,6 +75,30 @@ def test_the_backbone_is_fitted_on_another_cohort_and_read_by_the_classifier(tmp
         assert torch.equal(net.state_dict()[key], state[key])
     assert not torch.equal(state["conv1.weight"], reference["conv1.weight"])
     assert net.fc.out_features == 1
+
+
+def test_the_pretraining_cohort_is_cut_by_the_studys_detector_when_given(tmp_path):
+    """The study's crops come from its detector: the pretraining cohort's are cut by the same
+    checkpoint (here an untrained one with a zero score threshold, so that it finds boxes)."""
+    from hipdisloc.models.yolov3 import HipDetector
+
+    torch.manual_seed(0)
+    hparams = {"backbone": "mobilenetv2", "score_threshold": 0.0}
+    detector = tmp_path / "detector.pt"
+    torch.save({"state_dict": HipDetector(**hparams).state_dict(), "hparams": hparams,
+                "input_size": 128, "cache_size": 128}, detector)
+    study = PhantomSettings(n_patients=16, prevalence=0.25, images_per_tha=1.0, seed=3,
+                            image_size=128, workers=1)
+    settings = PretrainSettings(n_patients=16, seed=11, epochs=1, batch_size=4, held_out=0.25)
+    out = tmp_path / "pretrain"
+    record = pretrain_backbone(out, study, PrepareSettings(image_size=128, workers=1),
+                               CropSettings(crop_size=32), settings, bf16=False,
+                               detector=detector, log=lambda _: None)
+    crops = pd.read_csv(out / "crops" / "crops.csv", dtype=str)
+    cropped = crops[crops["crop_path"].fillna("") != ""]
+    assert len(cropped) > 4 and set(cropped["box_source"]) == {"detector"}
+    assert record["crops"]["boxes_from"] == "detector"
+    assert "detector crops of another phantom cohort" in summary(out)
 
 
 def test_phantom_geometry_is_refused_where_it_cannot_be_built():

@@ -24,7 +24,12 @@ from hipdisloc.data.classification import (
     OversampledSampler,
     oversampled_index,
 )
-from hipdisloc.models.classifier import DislocationClassifier, resnet18
+from hipdisloc.models.classifier import (
+    DislocationClassifier,
+    load_selected,
+    pooled_features,
+    resnet18,
+)
 from hipdisloc.stages.train.fold import (
     by_sex_metrics,
     sample_at_prevalence,
@@ -135,6 +140,48 @@ def test_pretrained_weights_from_a_local_file_and_no_download(tmp_path, monkeypa
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty_hub"))
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         resnet18("imagenet")
+
+
+def test_the_fastai_head_reads_the_max_and_the_average_pool(tmp_path):
+    torch.manual_seed(0)
+    net = resnet18("none", head="fastai").eval()
+    x = torch.randn(3, 3, 64, 64)
+    features = pooled_features(net, x)
+    assert features.shape == (3, 1024)
+    assert torch.all(features[:, :512] >= features[:, 512:])  # max, then average
+    assert torch.allclose(net(x), net.fc(features))
+    assert sum(isinstance(m, torch.nn.ReLU) for m in net.fc) == 1  # not monotone in a feature
+    assert pooled_features(resnet18("none"), x).shape == (3, 512)  # linear: torchvision's
+    with pytest.raises(ValueError, match="model.head must be one of"):
+        resnet18("none", head="mlp")
+
+    # stage 1 trains the whole head (its BatchNorm layers too) and nothing below it
+    model = DislocationClassifier(lr=1e-2, head="fastai")
+    model.freeze_backbone()
+    model.train()
+    before = {k: v.clone() for k, v in model.net.state_dict().items()}
+    optimizer, _ = model.optimisation(None)
+    loss = model.loss_fn(model(torch.randn(8, 1, 64, 64)), torch.tensor([0.0, 1.0] * 4))
+    loss.backward()
+    optimizer.step()
+    after = model.net.state_dict()
+    assert not torch.equal(after["fc.0.weight"], before["fc.0.weight"])
+    assert not torch.equal(after["fc.6.weight"], before["fc.6.weight"])
+    assert torch.equal(after["conv1.weight"], before["conv1.weight"])
+    assert torch.equal(after["layer4.1.conv2.weight"], before["layer4.1.conv2.weight"])
+
+    # a fold's selected.pt keeps its head; one saved before model.head existed is linear
+    for head, recorded in (("fastai", True), ("linear", False)):
+        saved = DislocationClassifier(head=head)
+        hparams = dict(saved.hparams)
+        if not recorded:
+            del hparams["head"]
+        torch.save({"state_dict": saved.state_dict(), "hparams": hparams},
+                   tmp_path / "selected.pt")
+        loaded = load_selected(tmp_path / "selected.pt")
+        assert loaded.hparams.head == head
+        assert all(torch.equal(loaded.net.state_dict()[k], v)
+                   for k, v in saved.net.state_dict().items())
 
 
 def test_discriminative_learning_rates_form_a_slice():

@@ -27,6 +27,9 @@ IMAGENET_FILE = "resnet18-f37072fd.pth"  # torchvision's file name for ImageNet 
 # (hipdisloc.stages.pretrain) and hands to the folds as a path
 PHANTOM_GEOMETRY = "phantom_geometry"
 LAYER_GROUPS = (("conv1", "bn1", "layer1"), ("layer2",), ("layer3",), ("layer4",), ("fc",))
+# model.head: fastai's head (what the paper's fastai cnn_learner put on ResNet18) or one
+# linear layer on the average pool (torchvision's)
+HEADS = ("fastai", "linear")
 
 
 def imagenet_weights_path() -> Path:
@@ -41,12 +44,41 @@ def resolve_pretrained(pretrained: str | None) -> str:
     return "none" if pretrained in (None, "") else str(pretrained)
 
 
-def resnet18(pretrained: str = "none") -> torch.nn.Module:
-    """torchvision ResNet18 with one output; ``pretrained``: auto | imagenet | none | /path.pth.
+class ConcatPool(torch.nn.Module):
+    """Global max and average pool side by side (B, 2C, 1, 1): fastai's concat pool, which
+    keeps where a feature peaks as well as how much of it there is."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.amax(x, dim=(2, 3), keepdim=True),
+                          torch.mean(x, dim=(2, 3), keepdim=True)], 1)
+
+
+def fastai_head(width: int, hidden: int = 512) -> torch.nn.Sequential:
+    """fastai's default head on ``width`` pooled features: BatchNorm, dropout 0.25, linear to
+    ``hidden`` (no bias), ReLU, BatchNorm, dropout 0.5, linear to one logit (no bias); linear
+    weights Kaiming-normal as fastai initialises them. Its ReLU layer lets the head learn risk
+    that is not monotone in a feature (a cup inclined too little or too much)."""
+    head = torch.nn.Sequential(
+        torch.nn.BatchNorm1d(width), torch.nn.Dropout(0.25),
+        torch.nn.Linear(width, hidden, bias=False), torch.nn.ReLU(inplace=True),
+        torch.nn.BatchNorm1d(hidden), torch.nn.Dropout(0.5),
+        torch.nn.Linear(hidden, 1, bias=False))
+    for layer in head:
+        if isinstance(layer, torch.nn.Linear):
+            torch.nn.init.kaiming_normal_(layer.weight)
+    return head
+
+
+def resnet18(pretrained: str = "none", head: str = "linear") -> torch.nn.Module:
+    """torchvision ResNet18 with one output; ``pretrained``: auto | imagenet | none | /path.pth;
+    ``head``: ``linear`` (one layer on the average pool) or ``fastai`` (:func:`fastai_head` on
+    :class:`ConcatPool`: the head the paper's fastai put on its ResNet18).
 
     Nothing is downloaded: ``imagenet`` reads torchvision's file from the local torch hub cache
     and says where to put it when it is absent; ``auto`` uses it when it is there.
     """
+    if head not in HEADS:
+        raise ValueError(f"model.head must be one of {HEADS}, got {head!r}")
     pretrained = resolve_pretrained(pretrained)
     if pretrained == PHANTOM_GEOMETRY:
         raise ValueError("model.pretrained=phantom_geometry is built by python -m hipdisloc.train "
@@ -68,13 +100,17 @@ def resnet18(pretrained: str = "none") -> torch.nn.Module:
         missing, _ = net.load_state_dict(state, strict=False)
         if set(missing) - {"fc.weight", "fc.bias"}:
             raise ValueError(f"{path}: not a ResNet18 state dict (missing {sorted(missing)[:3]})")
-    net.fc = torch.nn.Linear(net.fc.in_features, 1)
+    if head == "fastai":
+        net.avgpool = ConcatPool()
+        net.fc = fastai_head(2 * net.fc.in_features)
+    else:
+        net.fc = torch.nn.Linear(net.fc.in_features, 1)
     return net
 
 
 def pooled_features(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A torchvision ResNet's features before its head (B, F): its layers, average pool,
-    flatten; ``net.fc`` of them is ``net(x)``."""
+    """A torchvision ResNet's features before its head (B, F): its layers, its pool (average:
+    F = 512; :class:`ConcatPool`: 1024), flatten; ``net.fc`` of them is ``net(x)``."""
     x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
     x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
     return torch.flatten(net.avgpool(x), 1)
@@ -84,12 +120,14 @@ class DislocationClassifier(pl.LightningModule):
     def __init__(self, pretrained: str = "none", pos_weight: float = 25.0, lr: float = 1e-4,
                  lr_slice_ratio: float = 100.0, selection_logit: float | None = None,
                  channels_last: bool = False, compile: bool = False,
-                 schedule: str = "one_cycle", oversample_val: bool = True):
+                 schedule: str = "one_cycle", oversample_val: bool = True,
+                 head: str = "linear"):
         """``selection_logit``: where validation sensitivity and specificity are read each epoch
         (default: the prior-shift threshold ``ln(pos_weight)`` of a model trained on balanced
         epochs); ``oversample_val``: weigh the validation loss as the paper's oversampled
         validation set would (each class half the weight); ``schedule``: ``one_cycle``
-        (fastai's, the paper's) or ``constant``;
+        (fastai's, the paper's) or ``constant``; ``head``: ``linear`` or ``fastai``
+        (:func:`resnet18`);
         ``channels_last``: NHWC weights and inputs (faster convolutions on tensor-core GPUs
         with bf16); ``compile``: ``torch.compile`` the network in place (state dict keys
         unchanged; costs a compilation per process and stage)."""
@@ -97,7 +135,7 @@ class DislocationClassifier(pl.LightningModule):
         if selection_logit is None:
             selection_logit = training_log_odds(pos_weight, 0.5)
         self.save_hyperparameters()
-        self.net = resnet18(pretrained)
+        self.net = resnet18(pretrained, head)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         if compile:

@@ -175,7 +175,7 @@ def classifier_seconds(cfg: TrainConfig) -> tuple[float, float, float]:
     size, batch = cfg.crop.crop_size, cfg.schedule.batch_size
     precision = resolve_precision(asdict(cfg.trainer))["precision"]  # as the folds will run
     model = DislocationClassifier(
-        pretrained="none", pos_weight=cfg.model.pos_weight,
+        pretrained="none", pos_weight=cfg.model.pos_weight, head=cfg.model.head,
         channels_last=resolve_channels_last(cfg.model.channels_last, precision))
     device = compute_device(cfg.trainer.accelerator)
     model = model.to(device)
@@ -206,10 +206,12 @@ def classifier_seconds(cfg: TrainConfig) -> tuple[float, float, float]:
 
 
 def pretrain_cost(cfg: TrainConfig, size: CohortSize, cohort_per_image: float,
-                  full_step: float, data_dir: Path) -> StageCost | None:
+                  full_step: float, data_dir: Path,
+                  detect_per_image: float = 0.0) -> StageCost | None:
     """``model.pretrained=phantom_geometry``: its phantom cohort drawn, prepared and cropped
-    (scaled from the study's by patients) and its regressor's epochs at the classifier's
-    all-layer step time (scaled by batch); None when the model is not pretrained so."""
+    (scaled from the study's by patients; ``detect_per_image``: the study's detector finding
+    its boxes) and its regressor's epochs at the classifier's all-layer step time (scaled by
+    batch); None when the model is not pretrained so."""
     from hipdisloc.models.classifier import PHANTOM_GEOMETRY
 
     if cfg.model.pretrained != PHANTOM_GEOMETRY or cfg.cohort.phantom is None:
@@ -221,10 +223,11 @@ def pretrain_cost(cfg: TrainConfig, size: CohortSize, cohort_per_image: float,
     radiographs, crops = share * size.radiographs, share * size.crops
     steps = math.floor((1 - p.held_out) * crops / p.batch_size)
     step = full_step * p.batch_size / max(1, cfg.schedule.batch_size)
-    seconds = radiographs * cohort_per_image + p.epochs * steps * step
+    seconds = radiographs * (cohort_per_image + detect_per_image) + p.epochs * steps * step
+    cut = ", cut by the detector" if detect_per_image else ""
     return StageCost("pretrain", seconds,
-                     f"{radiographs:,.0f} radiographs drawn and prepared, {p.epochs} epochs × "
-                     f"{steps:,} steps × {step:.2f} s (batch {p.batch_size})")
+                     f"{radiographs:,.0f} radiographs drawn and prepared{cut}, {p.epochs} "
+                     f"epochs × {steps:,} steps × {step:.2f} s (batch {p.batch_size})")
 
 
 def estimate(cfg: TrainConfig, n_folds: int, data_dir: Path) -> tuple[list[StageCost],
@@ -258,8 +261,10 @@ def estimate(cfg: TrainConfig, n_folds: int, data_dir: Path) -> tuple[list[Stage
         costs.append(StageCost("prepare", 0.0 if reused else
                                per_image * size.radiographs / workers,
                                "reused" if reused else basis))
+    detect_per_image = 0.0  # the detector's seconds per radiograph, when crops use it
     if cfg.crop.boxes_from == "detector":
         train_step, infer = detector_seconds(cfg)
+        detect_per_image = infer
         annotated = min(size.radiographs, cfg.detector.data.max_images or size.radiographs)
         steps = math.ceil(0.85 * annotated / cfg.detector.data.batch_size)
         epochs = cfg.detector.trainer.max_epochs
@@ -283,7 +288,7 @@ def estimate(cfg: TrainConfig, n_folds: int, data_dir: Path) -> tuple[list[Stage
     fold = (cfg.schedule.head_epochs * (steps * frozen + per_epoch_eval)
             + cfg.schedule.full_epochs * (steps * full + per_epoch_eval)
             + LR_FINDER_STEPS * full + 0.1 * size.crops * infer)
-    pretrain = pretrain_cost(cfg, size, cohort_per_image, full, data_dir)
+    pretrain = pretrain_cost(cfg, size, cohort_per_image, full, data_dir, detect_per_image)
     if pretrain is not None:
         costs.append(pretrain)
     costs.append(StageCost("folds", n_folds * fold,

@@ -341,7 +341,7 @@ class FoldRun:
         self.model = DislocationClassifier(
             m.pretrained, m.pos_weight, m.lr, m.lr_slice_ratio,
             selection_logit(s.callbacks.selection.sensitivity_at, m.pos_weight),
-            bool(m.channels_last), m.compile, m.schedule, s.data.oversample_val)
+            bool(m.channels_last), m.compile, m.schedule, s.data.oversample_val, m.head)
         if not s.callbacks.resume and rank_zero_only.rank == 0:
             for stale in ("selection.json", "progress.json"):
                 (self.ckpt_dir / stale).unlink(missing_ok=True)

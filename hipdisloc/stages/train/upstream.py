@@ -192,9 +192,11 @@ def backbone_path(data_dir: Path) -> Path:
     return Path(data_dir) / "pretrain" / BACKBONE_FILE
 
 
-def ensure_pretrained_backbone(cfg: TrainConfig, data_dir: Path) -> Path | None:
+def ensure_pretrained_backbone(cfg: TrainConfig, data_dir: Path,
+                               detector: Path | None = None) -> Path | None:
     """``model.pretrained=phantom_geometry``: the backbone pretrained to measure the implant on a
-    separate phantom cohort (:mod:`hipdisloc.stages.pretrain`), built once; else None."""
+    separate phantom cohort (:mod:`hipdisloc.stages.pretrain`), cut by the study's ``detector``
+    when its crops are, built once; else None."""
     from hipdisloc.models.classifier import PHANTOM_GEOMETRY
     from hipdisloc.stages import pretrain
 
@@ -210,15 +212,15 @@ def ensure_pretrained_backbone(cfg: TrainConfig, data_dir: Path) -> Path | None:
     record = {"pretrain": asdict(cfg.pretrain),
               "phantom": {k: v for k, v in asdict(phantom).items() if k != "workers"},
               "prepare": {k: v for k, v in asdict(cfg.prepare).items() if k != "workers"},
-              "crop": {**{k: v for k, v in asdict(cfg.crop).items()
-                          if k not in ("batch_size", "pack")},
-                       "boxes_from": "ground_truth"},  # cut on its own boxes
+              "crop": {k: v for k, v in asdict(cfg.crop).items()
+                       if k not in ("batch_size", "pack")},
+              "detector": file_sha1(detector.parent / STAGE_RECORD) if detector else None,
               "precision": cfg.trainer.precision}
     bf16 = str(cfg.trainer.precision).startswith("bf16")
     run_stage("pretrain", out, record,
               lambda: pretrain.pretrain_backbone(out, cfg.cohort.phantom, cfg.prepare, cfg.crop,
-                                                 cfg.pretrain, bf16, progress=interactive(),
-                                                 log=log.info),
+                                                 cfg.pretrain, bf16, detector=detector,
+                                                 progress=interactive(), log=log.info),
               lambda: pretrain.summary(out))
     return backbone
 
@@ -260,5 +262,5 @@ def ensure_upstream(cfg: TrainConfig) -> Path:
         prepared = ensure_prepared(cfg, data_dir, manifest, data_root)
         detector = ensure_detector(cfg, data_dir, prepared, boxes)
         crops = ensure_crops(cfg, data_dir, prepared, detector, boxes)
-        ensure_pretrained_backbone(cfg, data_dir)
+        ensure_pretrained_backbone(cfg, data_dir, detector)
         return crops
