@@ -1,17 +1,18 @@
 """Is a crop like the ones a fold model was trained on? The distribution of its training crops'
 penultimate features, and where a new crop falls in it.
 
-Each fold records, at the end of training, the 512 features its selected ResNet18 gives
-(global average pool, before the head) for a seeded sample of its training crops, each once and
-unaugmented: their mean and a shrunk covariance (Ledoit–Wolf: 512 dimensions from a few
-thousand crops). The reference a new crop is compared with is the Mahalanobis distances of the
-fold's validation and test crops, not of the training crops themselves: crops the network
-trained on and the covariance was fitted to sit much closer to the mean than any new crop of
-the same archive does (with 41 training crops, every held-out crop lay beyond all of them), so
-their distances would call every new radiograph unusual. A new crop's distance is reported as
-the percentile of the reference (100: farther than every one of them); ``predict`` calls a hip
-``uncertain`` (``unlike the training crops``) above a configured percentile, so a radiograph
-unlike the training archive gets no risk.
+Each fold records, at the end of training, the pooled features its selected ResNet18 gives
+before its head (512 from the average pool; 1,024, max and average, with ``model.head: fastai``)
+for a seeded sample of its training crops, each once and unaugmented: their mean and a shrunk
+covariance (Ledoit–Wolf: hundreds of dimensions from a few thousand crops). The reference a
+new crop is compared with is the Mahalanobis distances of the fold's validation and test crops,
+not of the training crops themselves: crops the network trained on and the covariance was
+fitted to sit much closer to the mean than any new crop of the same archive does (with 41
+training crops, every held-out crop lay beyond all of them), so their distances would call
+every new radiograph unusual. A new crop's distance is reported as the percentile of the
+reference (100: farther than every one of them); ``predict`` calls a hip ``uncertain``
+(``unlike the training crops``) above a configured percentile, so a radiograph unlike the
+training archive gets no risk.
 """
 
 from __future__ import annotations
