@@ -368,6 +368,18 @@ def test_export_matches_eager_and_fails_loudly_when_not(trained, tmp_path, monke
         export_mod.export_ensemble(study.models, study.crop.crop_size, tmp_path / "again")
 
 
+def test_fold_models_with_the_fastai_head_export_and_match(tmp_path):
+    """The paper's head (model.head: fastai, max and average pool, BatchNorm, dropout) traces
+    and exports as the linear one does, and the exported scores match eager ones."""
+    from hipdisloc.models.classifier import DislocationClassifier
+
+    torch.manual_seed(0)
+    models = [DislocationClassifier(head="fastai").eval() for _ in range(2)]
+    checks = export_mod.export_ensemble(models, 32, tmp_path)
+    assert [c.format for c in checks] == list(export_mod.FORMATS)
+    assert all(c.ok and c.max_abs_diff <= 1e-5 for c in checks)
+
+
 def test_fused_risk_is_the_fusion_records_formula_and_bad_rows_say_why(trained, tmp_path):
     """A sweep with a fusion.json: every hip whose manifest row carries the covariates gets
     ``fused_risk`` = sigmoid(intercept + b · mean fold logit + Σ b_j x_j), computed here from the

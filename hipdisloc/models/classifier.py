@@ -127,7 +127,8 @@ class DislocationClassifier(pl.LightningModule):
         epochs); ``oversample_val``: weigh the validation loss as the paper's oversampled
         validation set would (each class half the weight); ``schedule``: ``one_cycle``
         (fastai's, the paper's) or ``constant``; ``head``: ``linear`` or ``fastai``
-        (:func:`resnet18`);
+        (:func:`resnet18`; ``model.head`` defaults to fastai, this class to linear: what a
+        checkpoint saved before the option existed holds);
         ``channels_last``: NHWC weights and inputs (faster convolutions on tensor-core GPUs
         with bf16); ``compile``: ``torch.compile`` the network in place (state dict keys
         unchanged; costs a compilation per process and stage)."""

@@ -10,10 +10,10 @@ schedule: :func:`hipdisloc.phantom.recoverability.fit`). No dislocation label is
 classifier still learns from the study's labels which measurements carry risk and how. The
 pretraining cohort is prepared and cropped as the study's (``prepare``, ``crop.crop_size``,
 ``crop.dilation``), on boxes found the same way: by the study's detector when the study's crops
-are (``crop.boxes_from=detector``), else its ground-truth boxes. Crops cut on ground-truth boxes
-are framed more tightly than a detector's, and a backbone fitted on them measured the study's
-detector-cut crops much worse (R² 0.73 / 0.58 / 0.73 / 0.81 against 0.92 / 0.77 / 0.94 / 0.94:
-experiments/README.md).
+are (``crop.boxes_from=detector``), else its ground-truth boxes. A detector's boxes frame the
+implant otherwise than the ground truth's (their scale and place vary), and a backbone fitted
+on ground-truth-cut crops measured the study's detector-cut crops much worse (R² 0.73 / 0.58 /
+0.73 / 0.81 against 0.92 / 0.77 / 0.94 / 0.94: experiments/README.md).
 
 Out: ``backbone.pt`` (the ResNet18 state dict without ``fc``, what ``model.pretrained=PATH``
 reads) and ``pretrain.json`` (settings, R^2 per measurement on held-out patients of the
