@@ -162,6 +162,25 @@ class LastEpochCheckpoint(pl.Callback):
             os.replace(tmp, self.path)
 
 
+def seed_torch(*place: int) -> None:
+    """Seed torch's generators from a place in the run (the fold's seed, a stage, an epoch):
+    what draws from them there -- the fastai head's dropout masks -- is then the same in a run
+    resumed at that place as in one never stopped (the augmentation and the sampler draw from
+    each item's place in the run already)."""
+    state = np.random.SeedSequence([int(p) for p in place])
+    torch.manual_seed(int(state.generate_state(1, np.uint64)[0] % (2**63)))
+
+
+class EpochSeed(pl.Callback):
+    """:func:`seed_torch` at the start of every training epoch of a stage."""
+
+    def __init__(self, seed: int, stage: str):
+        self.seed, self.stage = int(seed), STAGES.index(stage)
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        seed_torch(self.seed, self.stage, trainer.current_epoch)
+
+
 class SelectionRecorder(pl.Callback):
     """After each validation: the epoch's validation metrics, and on disk the two weights the
     selection rule may still pick: the best qualified (sensitivity >= floor) and the best
@@ -241,15 +260,17 @@ class SelectionRecorder(pl.Callback):
 
 def stage_trainer(out: Path, stage: str, recorder: SelectionRecorder, trainer: dict,
                   loggers: list[Logger] | None = None, callbacks: list[pl.Callback] | None = None,
-                  progress_interval: float = 0.5, **extra) -> pl.Trainer:
+                  progress_interval: float = 0.5, seed: int | None = None,
+                  **extra) -> pl.Trainer:
     """The Trainer of one training stage of a fold: the selection recorder, the resumable
     ``last.ckpt``, Lightning's CSV logs (plus ``loggers``) in ``out``; ``trainer`` the
     configuration's Trainer arguments (conf/trainer), then ``extra``, over ours. ``callbacks``
     are added after ours (benchmarks/step_overhead.py adds its clock). With the progress bar on
     (Lightning's default), it is redrawn every ``progress_interval`` seconds (0: Lightning's
-    bar, redrawn after every batch)."""
+    bar, redrawn after every batch). ``seed``: each epoch's draws seeded (:class:`EpochSeed`)."""
     last = LastEpochCheckpoint(Path(out) / "checkpoints" / stage / "last.ckpt")
-    ours = dict(default_root_dir=out, callbacks=[recorder, last, *(callbacks or [])],
+    seeded = [EpochSeed(seed, stage)] if seed is not None else []
+    ours = dict(default_root_dir=out, callbacks=[recorder, last, *seeded, *(callbacks or [])],
                 logger=[CSVLogger(out, name="logs", version=stage), *(loggers or [])],
                 num_sanity_val_steps=0, use_distributed_sampler=False,
                 enable_checkpointing=False, log_every_n_steps=10,
@@ -371,7 +392,7 @@ class FoldRun:
         return stage_trainer(self.out, stage, self.recorder, trainer_arguments(self.s.trainer),
                              self.extra_loggers, callbacks=self.extra_callbacks,
                              progress_interval=self.s.callbacks.progress_interval,
-                             max_epochs=epochs, **extra)
+                             seed=self.s.seed + self.s.fold, max_epochs=epochs, **extra)
 
     def _fit(self, stage: str, epochs: int) -> pl.Trainer:
         last = self.ckpt_dir / stage / "last.ckpt"
@@ -417,6 +438,7 @@ class FoldRun:
             single = {k: v for k, v in trainer_arguments(self.s.trainer).items()
                       if k in ("accelerator", "precision")}
             self._data_for(STAGES[1], 0)  # the finder's batches: stage 2's first epoch's
+            seed_torch(self.s.seed + self.s.fold, len(STAGES))  # its dropout, as a resume's
             curve = find_lr(self.model, self.dm,
                             dict(default_root_dir=self.out / f".lr_find{rank_zero_only.rank}",
                                  use_distributed_sampler=False, devices=1, **single),
