@@ -38,17 +38,24 @@ from hipdisloc.folds import assign_fold_groups, fold_subsets
 from hipdisloc.metrics import roc_auc
 from hipdisloc.models.classifier import pooled_features, resnet18
 from hipdisloc.phantom.recoverability import FACTORS
-from hipdisloc.phantom.risk import degrees_outside
+from hipdisloc.phantom.risk import RiskCoefficients, image_terms
 
 WEIGHT = {0: 1, 1: 25}  # the study's class weight
 
 
+IMAGE_TERMS = ("inclination_outside", "anteversion_outside", "head_22", "head_28",
+               "short_offset")
+
+
 def risk_terms(g: np.ndarray) -> np.ndarray:
-    """The risk model's image terms (hipdisloc.phantom.risk.image_terms) as separate columns."""
+    """The risk model's image terms (:func:`hipdisloc.phantom.risk.image_terms`, one term at a
+    time) as separate columns; measured head diameters snapped to the phantom's sizes."""
     inclination, anteversion, head, offset = g.T
     head = np.array([22, 28, 32, 36])[np.abs(head[:, None] - [22, 28, 32, 36]).argmin(1)]
-    return np.c_[degrees_outside(inclination, 40, 10), degrees_outside(anteversion, 15, 10),
-                 head <= 22, (head > 22) & (head <= 28), np.maximum(0, 38 - offset)]
+    unit = {name: 0.0 for name in IMAGE_TERMS}
+    return np.column_stack([
+        image_terms(inclination, anteversion, head, offset, RiskCoefficients(**{**unit, name: 1.0}))
+        for name in IMAGE_TERMS])
 
 
 def features(backbone: str, crops: np.ndarray, head: str) -> torch.Tensor:

@@ -78,27 +78,41 @@ def test_the_backbone_is_fitted_on_another_cohort_and_read_by_the_classifier(tmp
 
 
 def test_the_pretraining_cohort_is_cut_by_the_studys_detector_when_given(tmp_path):
-    """The study's crops come from its detector: the pretraining cohort's are cut by the same
-    checkpoint (here an untrained one with a zero score threshold, so that it finds boxes)."""
+    """The study's crops come from its detector: the pretrain stage cuts its cohort with the
+    same checkpoint (here an untrained one with a zero score threshold, so that it finds boxes)
+    and records which detector, so that a retrained one rebuilds the stage."""
     from hipdisloc.models.yolov3 import HipDetector
+    from hipdisloc.stages.train.upstream import STAGE_RECORD, StageConflict
 
     torch.manual_seed(0)
     hparams = {"backbone": "mobilenetv2", "score_threshold": 0.0}
-    detector = tmp_path / "detector.pt"
+    detector = tmp_path / "detector" / "detector.pt"
+    detector.parent.mkdir()
     torch.save({"state_dict": HipDetector(**hparams).state_dict(), "hparams": hparams,
                 "input_size": 128, "cache_size": 128}, detector)
-    study = PhantomSettings(n_patients=16, prevalence=0.25, images_per_tha=1.0, seed=3,
-                            image_size=128, workers=1)
-    settings = PretrainSettings(n_patients=16, seed=11, epochs=1, batch_size=4, held_out=0.25)
-    out = tmp_path / "pretrain"
-    record = pretrain_backbone(out, study, PrepareSettings(image_size=128, workers=1),
-                               CropSettings(crop_size=32), settings, bf16=False,
-                               detector=detector, log=lambda _: None)
+    (detector.parent / STAGE_RECORD).write_text('{"stage": "detect", "settings": {"run": 1}}')
+    cfg = TrainConfig()
+    cfg.model.pretrained = PHANTOM_GEOMETRY
+    cfg.cohort.phantom = PhantomSettings(n_patients=16, prevalence=0.25, images_per_tha=1.0,
+                                         seed=3, image_size=128, workers=1)
+    cfg.prepare = PrepareSettings(image_size=128, workers=1)
+    cfg.crop = CropSettings(crop_size=32, boxes_from="detector")
+    cfg.pretrain = PretrainSettings(n_patients=16, seed=11, epochs=1, batch_size=4,
+                                    held_out=0.25)
+    cfg.trainer.precision = "32-true"
+    data = tmp_path / "data"
+    backbone = ensure_pretrained_backbone(cfg, data, detector)
+
+    out = backbone.parent
     crops = pd.read_csv(out / "crops" / "crops.csv", dtype=str)
     cropped = crops[crops["crop_path"].fillna("") != ""]
     assert len(cropped) > 4 and set(cropped["box_source"]) == {"detector"}
-    assert record["crops"]["boxes_from"] == "detector"
+    assert json.loads((out / RECORD_FILE).read_text())["crops"]["boxes_from"] == "detector"
     assert "detector crops of another phantom cohort" in summary(out)
+    # another detector (its stage record changed) is not paired with this pretraining
+    (detector.parent / STAGE_RECORD).write_text('{"stage": "detect", "settings": {"run": 2}}')
+    with pytest.raises(StageConflict, match="detector"):
+        ensure_pretrained_backbone(cfg, data, detector)
 
 
 def test_phantom_geometry_is_refused_where_it_cannot_be_built():

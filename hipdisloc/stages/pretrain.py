@@ -41,10 +41,10 @@ def check_settings(settings: PretrainSettings) -> None:
     if not 0 < settings.held_out < 1:
         raise ValueError(f"pretrain.held_out must be in (0, 1) (a share of the pretraining "
                          f"cohort's patients), got {settings.held_out}")
-    for key in ("n_patients", "epochs", "batch_size"):
-        if int(getattr(settings, key)) < (2 if key == "batch_size" else 1):
-            raise ValueError(f"pretrain.{key} must be at least "
-                             f"{2 if key == 'batch_size' else 1}, got {getattr(settings, key)}")
+    for key, least in (("n_patients", 1), ("epochs", 1), ("batch_size", 2)):
+        if int(getattr(settings, key)) < least:
+            raise ValueError(f"pretrain.{key} must be at least {least}, got "
+                             f"{getattr(settings, key)}")
 
 
 def pretraining_phantom(study: PhantomSettings, settings: PretrainSettings) -> PhantomSettings:

@@ -52,6 +52,7 @@ from hipdisloc.progress import QUIET_LIMIT_S, epoch_due, epoch_line, say
 from hipdisloc.thresholds import ThresholdRule, choose_threshold, logit, training_log_odds
 
 STAGES = ("stage1_head", "stage2_all")
+LR_FINDER_PLACE = len(STAGES)  # seed_torch's place for the LR finder, after the stages' indices
 log = logging.getLogger(__name__)
 
 
@@ -438,7 +439,7 @@ class FoldRun:
             single = {k: v for k, v in trainer_arguments(self.s.trainer).items()
                       if k in ("accelerator", "precision")}
             self._data_for(STAGES[1], 0)  # the finder's batches: stage 2's first epoch's
-            seed_torch(self.s.seed + self.s.fold, len(STAGES))  # its dropout, as a resume's
+            seed_torch(self.s.seed + self.s.fold, LR_FINDER_PLACE)  # its dropout
             curve = find_lr(self.model, self.dm,
                             dict(default_root_dir=self.out / f".lr_find{rank_zero_only.rank}",
                                  use_distributed_sampler=False, devices=1, **single),
