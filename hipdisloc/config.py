@@ -18,6 +18,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from hipdisloc.configurations import job_subdir
 from hipdisloc.phantom.population import CohortSettings
 
 # ---------------------------------------------------------------------------- stages upstream
@@ -343,6 +344,24 @@ class ReportSettings:
 
 
 @dataclass
+class CompareSettings:
+    """A sweep of several configurations compared at its end (compare.md; docs/train.md,
+    "Comparing settings")."""
+
+    baseline: str | None = None  # a configuration's folder name; None: the sweep's first
+    n_boot: int = 2000  # patient-clustered bootstrap resamples for the mean difference's CI
+    seed: int = 0
+
+
+@dataclass
+class TuneSettings:
+    """``hydra/sweeper=optuna``: each trial trains these folds with their test deferred and
+    is scored by their mean validation AUC; the chosen trial's test is read once, at the end."""
+
+    folds: list[int] | None = None  # None: every fold
+
+
+@dataclass
 class TrainConfig(FoldConfig):
     """``python -m hipdisloc.train``: the study (conf/train.yaml)."""
 
@@ -358,6 +377,8 @@ class TrainConfig(FoldConfig):
     pretrain: PretrainSettings = field(default_factory=PretrainSettings)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     report: ReportSettings = field(default_factory=ReportSettings)
+    compare: CompareSettings = field(default_factory=CompareSettings)
+    tune: TuneSettings = field(default_factory=TuneSettings)
 
 
 # ---------------------------------------------------------------------------- stand-alone stages
@@ -474,10 +495,12 @@ def to_settings(cfg: DictConfig):
 
 
 def register() -> None:
-    """Each command's schema as ``<command>_schema`` (the first entry of its defaults list)."""
+    """Each command's schema as ``<command>_schema`` (the first entry of its defaults list), and
+    the resolver that names a sweep job's folder (conf/train.yaml's ``hydra.sweep.subdir``)."""
     store = ConfigStore.instance()
     for command, schema in SCHEMAS.items():
         store.store(name=f"{command}_schema", node=schema)
+    OmegaConf.register_new_resolver("hipdisloc.job_subdir", job_subdir, replace=True)
 
 
 register()

@@ -116,6 +116,13 @@ def fold_line(label: str, auc: float | None, seconds: float, oracle: float | Non
     return line + (f"; {study}" if study else "")
 
 
+def comparison_line(seconds: float, n: int, chosen: str, test_auc: float | None, path) -> str:
+    """The closing line of a sweep of several configurations."""
+    test = f", test AUC {test_auc:.3f} read after the choice" if test_auc is not None else ""
+    return (f"Study done in {format_duration(seconds)}: {n} configurations compared; chosen by "
+            f"validation AUC alone: {chosen}{test}; comparison -> {path}")
+
+
 def report_line(seconds: float, path) -> str:
     """``report: 22 s -> outputs/demo/report/report.html``."""
     return f"report: {format_duration(seconds)} -> {path}"
@@ -134,13 +141,17 @@ def _defined(value) -> bool:
 
 
 def headline(results: Sequence[Mapping], seconds: float, phantom: bool = False,
-             report=None, tables=None, missing: Sequence[str] = ()) -> str:
+             report=None, tables=None, missing: Sequence[str] = (),
+             configuration: str | None = None) -> str:
     """The study's closing line, from the folds' ``test_metrics.json``: the mean and sample SD
     of the test AUC over the folds where it is defined; on the phantom, its image-only oracle
     (the best achievable AUC on the same test images) and the gap between the two means
-    (over the folds that have both), and the warning that these are not clinical results."""
+    (over the folds that have both), and the warning that these are not clinical results.
+    ``configuration``: one configuration's line in a sweep of several (no time: the study's
+    closing line has it)."""
     aucs = [float(r["auc"]) for r in results if _defined(r.get("auc"))]
-    line = f"Study done in {format_duration(seconds)}: "
+    line = (f"Configuration {configuration}: " if configuration
+            else f"Study done in {format_duration(seconds)}: ")
     if not aucs:
         line += f"no fold with a defined test AUC ({count(len(results), 'fold')})"
     else:

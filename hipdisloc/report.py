@@ -2,7 +2,8 @@
 ``test_metrics.json``), then ``report/report.html`` (self-contained) and ``report/report.md``
 with figures, pooled metrics with confidence intervals, calibration, decision curve, operating
 points and saliency; ``calibration.json`` for ``predict``. ``--tables-only`` stops after the
-tables."""
+tables. ``--compare``: SWEEP_DIR holds a folder per configuration (a sweep of settings), and
+``compare.md`` is written again (:mod:`hipdisloc.stages.report.compare`)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,13 @@ def main(argv: list[str] | None = None) -> int:
                              f"{' '.join(map(str, DEFAULTS.target_sensitivities))})")
     parser.add_argument("--data-dir", default=None,
                         help="where the upstream stages are, when the sweep moved")
+    parser.add_argument("--compare", action="store_true",
+                        help="compare the configuration folders under SWEEP_DIR (compare.md)")
+    parser.add_argument("--baseline", default=None,
+                        help="with --compare: the baseline configuration's folder name")
     args = parser.parse_args(argv)
+    if args.compare:
+        return compare_configurations(args.sweep_dir, args.baseline, args.n_boot)
     try:
         tables = aggregate(args.sweep_dir)
     except FileNotFoundError as err:
@@ -56,6 +63,23 @@ def main(argv: list[str] | None = None) -> int:
         print("  saliency inside the implant (share / area share = enrichment): "
               + ", ".join(f"{r.method} {r.share_in_implant:.2f} / {r.implant_area_share:.2f} = "
                           f"{r.enrichment:.2f}" for r in files.saliency_sanity.itertuples()))
+    return 0
+
+
+def compare_configurations(sweep_dir: str, baseline: str | None, n_boot: int) -> int:
+    from pathlib import Path
+
+    from hipdisloc.stages.report.compare import load_configuration, write_comparison
+
+    folders = sorted(p for p in Path(sweep_dir).iterdir()
+                     if p.is_dir() and any(p.glob("fold*/validation_predictions.csv")))
+    try:
+        write_comparison(Path(sweep_dir), [load_configuration(p) for p in folders], baseline,
+                         n_boot)
+    except ValueError as err:
+        print(f"report: {sweep_dir}: {err}", file=sys.stderr)
+        return 2
+    print((Path(sweep_dir) / "compare.md").read_text())
     return 0
 
 

@@ -22,6 +22,7 @@ import hydra
 from omegaconf import DictConfig
 
 import hipdisloc.config  # noqa: F401 - registers the configs' schema before Hydra composes
+from hipdisloc.configurations import fixed_keys
 from hipdisloc.paths import CONFIG_DIR
 from hipdisloc.progress import current_study, fold_label, say
 
@@ -42,12 +43,26 @@ def expand_ranges(argv: list[str]) -> list[str]:
     return out
 
 
+EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
+
+
 def normalise_argv(argv: list[str]) -> list[str]:
     """Ranges expanded, and ``-m``/``--multirun`` moved before the overrides: Hydra's parser
-    drops overrides that follow the flag (``fold=0,1 -m trainer=ddp_cpu``)."""
+    drops overrides that follow the flag (``fold=0,1 -m trainer=ddp_cpu``). In a multirun,
+    Hydra is told which overrides do not sweep, so that the ones that do (besides ``fold``)
+    name each configuration's folder (:mod:`hipdisloc.configurations`)."""
     flags = [a for a in argv[1:] if a in ("-m", "--multirun")]
-    rest = [a for a in argv[1:] if a not in ("-m", "--multirun")]
-    return [argv[0], *flags[:1], *expand_ranges(rest)]
+    rest = expand_ranges([a for a in argv[1:] if a not in ("-m", "--multirun")])
+    if flags and not any(a.lstrip("+").startswith(EXCLUDE_KEYS + "=") for a in rest):
+        rest.append(f"{EXCLUDE_KEYS}=[{','.join(fixed_keys(rest))}]")
+    return [argv[0], *flags[:1], *rest]
+
+
+def rank_zero() -> bool:
+    """Global rank 0 (or no DDP): Lightning's rank of this process."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def _quiet_lightning() -> None:
@@ -67,10 +82,21 @@ def _quiet_lightning() -> None:
 def main(cfg: DictConfig) -> dict | None:
     from hydra.core.hydra_config import HydraConfig
 
-    from hipdisloc.stages.train.job import fold_summary, train_one_fold
+    from hipdisloc.io.atomic import write_text
+    from hipdisloc.stages.report.compare import CONFIGURATION_RECORD
+    from hipdisloc.stages.train.job import configuration_overrides, fold_summary, train_one_fold
+    from hipdisloc.stages.train.reuse import check_fold
+    from hipdisloc.stages.train.tuning import run_trial
 
     _quiet_lightning()
-    out = Path(HydraConfig.get().runtime.output_dir)
+    hc = HydraConfig.get()
+    out = Path(hc.runtime.output_dir)
+    overrides = configuration_overrides()
+    if "optuna" in str(hc.sweeper.get("_target_", "")).lower():
+        return run_trial(cfg, out, overrides)  # a configuration: its folds, test deferred
+    if overrides and rank_zero():
+        write_text(out.parent / CONFIGURATION_RECORD, json.dumps({"overrides": overrides}))
+    check_fold(out, cfg)  # StaleFold: trained under other settings (callbacks.skip_finished)
     done = out / "test_metrics.json"
     study = current_study()  # a sequential sweep's clock (hipdisloc.stages.train.study), else None
     label = study.label(int(cfg.fold)) if study else fold_label(int(cfg.fold))

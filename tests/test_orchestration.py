@@ -82,8 +82,14 @@ def test_every_option_of_every_group_composes(group):
     assert options(group), group
     for option in options(group):
         extra = ["cohort.manifest=m.csv", "cohort.boxes=b.json"] if option == "manifest" else []
-        cfg = compose_train([f"{group}={option}", *extra])
-        assert cfg.fold == 0 and cfg.hydra.sweep.subdir == "fold0"
+        # as a swept setting, the option names its configuration's folder; as a fixed one not
+        fixed = ",".join(["fold", *(e.split("=")[0] for e in extra)])
+        cfg = compose_train([f"{group}={option}", *extra,
+                             f"hydra.job.config.override_dirname.exclude_keys=[{fixed}]"])
+        assert cfg.fold == 0 and cfg.hydra.sweep.subdir == f"{group}={option}/fold0"
+        cfg = compose_train([f"{group}={option}", *extra,
+                             f"hydra.job.config.override_dirname.exclude_keys=[{fixed},{group}]"])
+        assert cfg.hydra.sweep.subdir == "fold0"
 
 
 @pytest.mark.parametrize("launcher", ["basic", "joblib", "submitit_local", "submitit_slurm"])
@@ -124,10 +130,14 @@ def test_the_paper_experiment_is_the_default_and_demo_overrides_it():
 
 def test_command_line_normalisation():
     argv = ["train.py", "fold=0..9", "-m", "trainer=ddp_cpu", "trainer.devices=2"]
+    exclude = "hydra.job.config.override_dirname.exclude_keys"
     assert normalise_argv(argv) == ["train.py", "-m", "fold=0,1,2,3,4,5,6,7,8,9",
-                                    "trainer=ddp_cpu", "trainer.devices=2"]
+                                    "trainer=ddp_cpu", "trainer.devices=2",
+                                    f"{exclude}=[fold,trainer,trainer.devices]"]
     assert normalise_argv(["t", "fold=range(0,10)", "--multirun"]) == \
-        ["t", "--multirun", "fold=range(0,10)"]
+        ["t", "--multirun", "fold=range(0,10)", f"{exclude}=[fold]"]
+    mine = f"{exclude}=[fold,a]"  # the user's own exclusions are kept as given
+    assert normalise_argv(["t", "-m", "a=1,2", mine]) == ["t", "-m", "a=1,2", mine]
     assert normalise_argv(["t", "fold=3..1"]) == ["t", "fold=3,2,1"]
     assert [gpu_for_job(k, 4) for k in range(6)] == [[0], [1], [2], [3], [0], [1]]
 
@@ -184,15 +194,78 @@ def test_ddp_multirun_over_folds_with_wandb_offline(data_dir, tmp_path):
             assert not leaked, f"{path} holds patient ids {leaked[:3]}"
 
 
-def test_rerun_skips_finished_folds_unless_forced(data_dir, tmp_path):
+def run_train_failing(args: list[str], home: Path) -> str:
+    env = {**os.environ, "HOME": str(home)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    done = subprocess.run([sys.executable, "-m", "hipdisloc.train", *args], cwd=PROJECT_ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0, done.stdout[-3000:]
+    return done.stdout + done.stderr
+
+
+def test_rerun_skips_finished_folds_unless_forced_or_trained_otherwise(data_dir, tmp_path):
     args = [*TINY, f"paths.data_dir={data_dir}", f"paths.out_dir={tmp_path / 'out'}", "fold=1"]
     run_train(args, tmp_path)
     result = tmp_path / "out" / "fold1" / "test_metrics.json"
     first = result.stat().st_mtime_ns
-    log = run_train(args, tmp_path)
+    log = run_train([*args, "logger=csv"], tmp_path)  # another logger: the same result
     assert "exists, skipped" in log and result.stat().st_mtime_ns == first
-    run_train([*args, "callbacks.skip_finished=false"], tmp_path)
+    # a training setting changed: the old fold is not passed off as the new one
+    log = run_train_failing([*args, "model.lr=3.0e-4"], tmp_path)
+    assert "model.lr: 0.0001 there, 0.0003 in this command" in log
+    assert "(finished)" in log and "callbacks.skip_finished=false" in log and "name=" in log
+    assert "exists, skipped" not in log and result.stat().st_mtime_ns == first
+    run_train([*args, "model.lr=3.0e-4", "callbacks.skip_finished=false"], tmp_path)
     assert result.stat().st_mtime_ns != first
+    record = json.loads((tmp_path / "out" / "fold1" / "inputs.json").read_text())
+    assert record["config"]["model"]["lr"] == 3.0e-4
+    log = run_train([*args, "model.lr=3.0e-4"], tmp_path)  # now its own: reused
+    assert "exists, skipped" in log
+
+
+def test_a_sweep_of_settings_gets_a_folder_per_configuration_and_a_comparison(data_dir,
+                                                                             tmp_path):
+    sweep = tmp_path / "sweep"
+    args = [*TINY, f"paths.data_dir={data_dir}", f"paths.out_dir={sweep}", "fold=0..1",
+            "model.pos_weight=5,25", "-m", "compare.n_boot=200"]
+    log = run_train(args, tmp_path)
+    names = ["model.pos_weight=5", "model.pos_weight=25"]
+    for name in names:
+        for fold in (0, 1):
+            r = json.loads((sweep / name / f"fold{fold}" / "test_metrics.json").read_text())
+            assert r["fold"] == fold and r["calibration_inputs"]["pos_weight"] == \
+                float(name.split("=")[1])
+        assert pd.read_csv(sweep / name / "table2.csv")["fold"].astype(str).tolist()[:2] == \
+            ["0", "1"]
+        assert (sweep / name / "table3.md").is_file()
+        assert (sweep / name / "report" / "report.html").is_file()
+        assert json.loads((sweep / name / "configuration.json").read_text())["overrides"] == \
+            [name]
+        # W&B: the configuration's own group, its overrides in each fold run's config, and a
+        # summary run in that group (offline runs: the records are in the .wandb file)
+        for run in ("fold0/wandb", "wandb"):
+            record = next((sweep / name / run).glob("offline-run-*/run-*.wandb")).read_bytes()
+            assert f"demo-sweep/{name}".encode() in record
+    assert not list(sweep.glob("fold*")) and not (sweep / "table2.csv").exists()
+    compare = pd.read_csv(sweep / "compare.csv")
+    assert compare["configuration"].tolist() == names
+    assert compare["baseline"].tolist() == [True, False]
+    assert compare["chosen_by_validation"].sum() == 1
+    folds = pd.read_csv(sweep / "compare_folds.csv")
+    assert folds["fold"].tolist() == [0, 1] and folds["delong_p"].between(0, 1).all()
+    md = (sweep / "compare.md").read_text()
+    assert "Chosen by validation AUC alone" in md and "DeLong" in md
+    assert "configurations compared; chosen by validation AUC alone" in log
+    assert len(list((sweep / "wandb").glob("offline-run-*"))) == 1  # the comparison run
+    # the same sweep again with only a logging change: every fold reused
+    log = run_train([*args, "logger=csv"], tmp_path)
+    assert log.count("exists, skipped") == 4
+    # a training setting changed: refused before any fold runs, every stale fold named
+    before = {p: p.stat().st_mtime_ns for p in sweep.rglob("fold*/*.json")}
+    log = run_train_failing([*args, "model.lr=3.0e-4"], tmp_path)
+    assert "4 fold folder(s)" in log and "model.lr: 0.0001 there" in log
+    assert "Launching" not in log and "stage phantom" not in log  # no job started
+    assert before == {p: p.stat().st_mtime_ns for p in sweep.rglob("fold*/*.json")}
 
 
 def test_a_killed_fold_resumes_from_its_last_epoch(data_dir, tmp_path):
@@ -211,6 +284,10 @@ def test_a_killed_fold_resumes_from_its_last_epoch(data_dir, tmp_path):
     proc.wait()
     done_before = len(json.loads(selection.read_text())["history"])
     assert 2 <= done_before < 6 and not (out / "test_metrics.json").exists()
+    # the same fold with another training setting would resume this one's epochs: refused
+    log = run_train_failing([*args, "model.pos_weight=5"], tmp_path)
+    assert "(started)" in log and "model.pos_weight: 25.0 there, 5.0 in this command" in log
+    assert len(json.loads(selection.read_text())["history"]) == done_before
     log = run_train(args, tmp_path)
     assert "stage2_all: resuming from" in log
     history = pd.read_csv(out / "history.csv")
@@ -260,3 +337,58 @@ def test_a_changed_manifest_is_not_paired_with_the_old_prepared_cache(small_phan
     rows.iloc[1:].to_csv(manifest, index=False)  # same path, other content
     with pytest.raises(StageConflict, match="manifest_sha1"):
         ensure_prepared(cfg, data, manifest, cohort)
+
+
+def test_tuning_with_optuna_never_reads_a_test_image_before_the_study_ends(data_dir, tmp_path,
+                                                                           monkeypatch):
+    """The Optuna sweeper in this process (its trials run here, one after another): every crop
+    read is logged with the fold it was read for; until the study's end no fold reads one of
+    its own test images, and then the chosen trial's are read once."""
+    import hipdisloc.stages.train.study as study
+    from hipdisloc.data.classification import CropDataset
+    from hipdisloc.train import main
+
+    reads, phase = [], {"now": "tuning"}
+    stored = CropDataset.stored
+
+    def logged(self, row):
+        fold = self.stream[1] if len(self.stream) > 1 else None
+        reads.append((phase["now"], fold, self.table.loc[row, "image_id"]))
+        return stored(self, row)
+
+    finish = study.finish_tuning
+
+    def finishing(*args, **kwargs):
+        phase["now"] = "end"
+        return finish(*args, **kwargs)
+
+    monkeypatch.setattr(CropDataset, "stored", logged)
+    monkeypatch.setattr(study, "finish_tuning", finishing)
+    sweep = tmp_path / "tune"
+    monkeypatch.setattr(sys, "argv", normalise_argv([
+        "train.py", *TINY, f"paths.data_dir={data_dir}", f"paths.out_dir={sweep}",
+        "logger=csv", "data.num_workers=0", "report.build=false", "estimate=off", "-m",
+        "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.seed=0",
+        "model.pos_weight=interval(2.0,30.0)"]))
+    main()
+    trials = [p for p in sweep.iterdir() if (p / "trial.json").is_file()]
+    assert len(trials) == 2 and all(p.name.startswith("model.pos_weight=") for p in trials)
+    tested = [p for p in trials if (p / "fold0" / "test_metrics.json").is_file()]
+    assert len(tested) == 1  # the chosen trial alone was tested
+    chosen = tested[0]
+    means = {p: json.loads((p / "trial.json").read_text())["mean_val_auc"] for p in trials}
+    assert means[chosen] == max(means.values())  # chosen on validation alone
+    other = next(p for p in trials if p != chosen)
+    assert (other / "fold0" / "validation_predictions.csv").is_file()
+    assert not (other / "fold0" / "predictions.csv").exists()
+    test_ids = {}
+    for fold in (0, 1):
+        table = pd.read_csv(chosen / f"fold{fold}" / "fold_table.csv", dtype={"image_id": str})
+        test_ids[fold] = set(table.loc[table["subset"] == "test", "image_id"])
+        assert test_ids[fold]
+    during = [(fold, i) for when, fold, i in reads if when == "tuning" and fold is not None]
+    assert during and not [(f, i) for f, i in during if i in test_ids[f]]
+    after = {i for when, fold, i in reads if when == "end"}
+    assert test_ids[0] <= after and test_ids[1] <= after
+    assert (chosen / "table2.csv").is_file()
+    assert pd.read_csv(sweep / "compare.csv")["chosen_by_validation"].sum() == 1

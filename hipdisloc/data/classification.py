@@ -315,7 +315,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.batch_dtype = batch_dtype
         self.on_device = on_device  # batches made on the device (hipdisloc.data.on_device)
         self._device_crops = None
-        self.evaluate_subset = "test"  # what test_dataloader serves: test | non_training
+        self.evaluate_subset = "test"  # what test_dataloader serves: test | non_training | val
         self.augment_stream = 0  # the training stage (FoldRun): its own augmentation draws
         self.first_epoch = 0  # the epoch a training loader starts at (FoldRun: a resumed fit's)
         self.table: pd.DataFrame | None = None

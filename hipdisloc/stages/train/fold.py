@@ -44,7 +44,7 @@ from hipdisloc.data.classification import (
 )
 from hipdisloc.io.atomic import write_csv, write_text
 from hipdisloc.lr_finder import find_lr
-from hipdisloc.metrics import Selection, confusion_metrics, repeated_draw_metrics
+from hipdisloc.metrics import Selection, confusion_metrics, repeated_draw_metrics, roc_auc
 from hipdisloc.models.classifier import DislocationClassifier, resolve_pretrained
 from hipdisloc.ood import FILENAME as FEATURES_FILE
 from hipdisloc.ood import FeatureDistribution, features_and_logits
@@ -460,16 +460,22 @@ class FoldRun:
         self.model.hparams.lr = top_lr
         return self._fit(STAGES[1], self.s.schedule.full_epochs)
 
-    def evaluate(self, trainer_args: dict) -> dict[str, np.ndarray]:
+    def evaluate(self, trainer_args: dict,
+                 subset: str = "non_training") -> dict[str, np.ndarray]:
         """Logits of every non-training image (validation and test, each once), through the
         Lightning test step (DDP: each rank a disjoint share, gathered), and of the test half:
-        its rows among them (both in the table's order)."""
-        self.dm.evaluate_subset = "non_training"
+        its rows among them (both in the table's order). ``subset="val"``: the validation
+        images alone (a tuning fold's), and no test image is read."""
+        if subset not in ("non_training", "val"):
+            raise ValueError(f"evaluate: subset must be non_training or val, got {subset!r}")
+        self.dm.evaluate_subset = subset
         tester = pl.Trainer(logger=False, enable_checkpointing=False,
                             use_distributed_sampler=False, default_root_dir=self.out,
                             **trainer_args)
         tester.test(self.model, datamodule=self.dm, verbose=False)
         logits = np.asarray(self.model.last_predictions["logit"])
+        if subset == "val":
+            return {"val": logits}
         is_test = (self.dm.subset("non_training")["subset"] == "test").to_numpy()
         return {"non_training": logits, "test": logits[is_test]}
 
@@ -532,13 +538,16 @@ def threshold_rule(s: FoldConfig) -> ThresholdRule:
 
 def train_fold(crops_dir: str | Path, out_dir: str | Path, s: FoldConfig,
                loggers: list[Logger] | None = None,
-               callbacks: list[pl.Callback] | None = None) -> dict:
+               callbacks: list[pl.Callback] | None = None, test: bool = True) -> dict:
     """Train, select, evaluate one fold (module docstring); ``callbacks`` join both stages'
-    Trainers (hipdisloc.train adds :class:`FoldProgress`)."""
+    Trainers (hipdisloc.train adds :class:`FoldProgress`). ``test=False`` (tuning): the fold
+    stops after its validation images are scored, no test image is read, and
+    ``validation_metrics.json`` is its result; :func:`test_trained_fold` reads the test images
+    later, once."""
     pl.seed_everything(s.seed + s.fold, workers=True)
     out, crops_dir = Path(out_dir), Path(crops_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rule = threshold_rule(s)  # a wrong rule fails before any training
+    threshold_rule(s)  # a wrong rule fails before any training
     run = FoldRun(crops_dir, out, s, loggers, callbacks)
     if s.schedule.head_epochs > 0:
         run.stage1()
@@ -550,11 +559,90 @@ def train_fold(crops_dir: str | Path, out_dir: str | Path, s: FoldConfig,
 
     state, chosen = run.recorder.selected_state()
     run.model.load_state_dict(state)
-    trainer_args = {k: v for k, v in trainer_arguments(s.trainer).items()
-                    if k in ("accelerator", "devices", "num_nodes", "strategy", "precision",
-                             "enable_progress_bar")}
-    logits = run.evaluate(trainer_args)
-    dm, history = run.dm, pd.DataFrame(run.recorder.history)
+    history = pd.DataFrame(run.recorder.history)
+    selected = history.loc[chosen.index]
+    trained = {"selection": {"epoch_index": chosen.index, "qualified": chosen.qualified,
+                             "rule": chosen.describe(s.callbacks.selection.sensitivity_floor),
+                             "sensitivity_at": s.callbacks.selection.sensitivity_at,
+                             "sensitivity_logit": float(run.model.hparams.selection_logit),
+                             "stage": selected["stage"], "epoch": int(selected["epoch"]),
+                             "val_auc": float(selected["auc"]),
+                             "val_sensitivity": float(selected["sensitivity"]),
+                             "qualified_epochs": int(history["qualified"].sum()),
+                             "epochs": len(history)},
+               "lr_stage2_top": top_lr, "lr_finder": run.progress.get("lr_finder"),
+               "pretrained": resolve_pretrained(s.model.pretrained),
+               "world_size": second.world_size}
+    if second.is_global_zero:
+        torch.save({"state_dict": run.model.state_dict(), "hparams": dict(run.model.hparams)},
+                   run.ckpt_dir / "selected.pt")
+        write_csv(history, out / "history.csv")
+    if test:
+        result = evaluate_fold(run, out, s, trained, second.is_global_zero)
+    else:
+        result = validate_fold(run, out, s, trained, second.is_global_zero)
+    if second.is_global_zero:
+        # finished: what only a resume needed goes (a fold keeps ~45 MB, not ~300), so that a
+        # forced rerun (callbacks.skip_finished=false) starts afresh
+        for stage in STAGES:
+            (run.ckpt_dir / stage / "last.ckpt").unlink(missing_ok=True)
+        for name in ("candidate_qualified.pt", "candidate_any.pt", "selection.json",
+                     "progress.json"):
+            (run.ckpt_dir / name).unlink(missing_ok=True)
+    run.dm._device_crops = None  # data.on_device: the next fold of a sweep loads its own pack
+    return result
+
+
+VALIDATION_RESULT = "validation_metrics.json"
+
+
+def _evaluation_trainer_args(s: FoldConfig) -> dict:
+    return {k: v for k, v in trainer_arguments(s.trainer).items()
+            if k in ("accelerator", "devices", "num_nodes", "strategy", "precision",
+                     "enable_progress_bar")}
+
+
+def validate_fold(run: FoldRun, out: Path, s: FoldConfig, trained: dict,
+                  global_zero: bool) -> dict:
+    """A tuning fold's result: its validation images scored (each once, real prevalence) and
+    nothing else; ``validation_metrics.json`` holds the validation AUC and what the test
+    needs later (:func:`test_trained_fold`)."""
+    logits = run.evaluate(_evaluation_trainer_args(s), subset="val")
+    validation = run.dm.subset("val")
+    labels = validation["dislocated"].to_numpy()
+    result = {"fold": s.fold, "n_images": len(validation), "n_positive": int(labels.sum()),
+              "val_auc_images": float(roc_auc(labels, logits["val"])), **trained}
+    if global_zero:
+        write_csv(_prediction_table(validation, logits["val"]), out / "validation_predictions.csv")
+        write_text(out / VALIDATION_RESULT, json.dumps(result, indent=2, default=float))
+    return result
+
+
+def test_trained_fold(crops_dir: str | Path, out_dir: str | Path, s: FoldConfig) -> dict:
+    """The test of a fold trained with ``test=False``: its selected weights read back, its
+    validation and test images scored, and ``test_metrics.json`` written as
+    :func:`train_fold` writes it. Called once, after every choice was made on validation."""
+    out = Path(out_dir)
+    trained = json.loads((out / VALIDATION_RESULT).read_text())
+    trained = {k: trained[k] for k in ("selection", "lr_stage2_top", "lr_finder", "pretrained",
+                                       "world_size")}
+    run = FoldRun(Path(crops_dir), out, s)
+    state = torch.load(run.ckpt_dir / "selected.pt", map_location="cpu", weights_only=False)
+    run.model.load_state_dict(state["state_dict"])
+    run.model.unfreeze()
+    result = evaluate_fold(run, out, s, trained, rank_zero_only.rank == 0)
+    run.dm._device_crops = None
+    return result
+
+
+def evaluate_fold(run: FoldRun, out: Path, s: FoldConfig, trained: dict,
+                  global_zero: bool) -> dict:
+    """The fold's test result with the selected weights in ``run.model``: the threshold chosen
+    on the validation images, the metrics of the test images at it, Table 3's samples, the
+    feature distribution; written to ``out`` (``test_metrics.json`` last)."""
+    rule = threshold_rule(s)
+    logits = run.evaluate(_evaluation_trainer_args(s))
+    dm = run.dm
     test = dm.subset("test")
     non_training = dm.table[dm.table["subset"] != "train"]
     non_training = non_training.assign(logit=logits["non_training"])
@@ -570,48 +658,27 @@ def train_fold(crops_dir: str | Path, out_dir: str | Path, s: FoldConfig,
     metrics = confusion_metrics(test["dislocated"], logits["test"], threshold.logit)
     by_sex = by_sex_metrics(non_training, threshold.logit, s.evaluation.by_sex_prevalence,
                             s.evaluation.by_sex_draws, s.seed, s.fold)
-    selected = history.loc[chosen.index]
     result = {"fold": s.fold, **metrics, "threshold": threshold.score,
               "threshold_logit": threshold.logit, "threshold_risk": threshold.risk,
               "threshold_rule": threshold.record(), "by_sex": by_sex,
-              "selection": {"epoch_index": chosen.index, "qualified": chosen.qualified,
-                            "rule": chosen.describe(s.callbacks.selection.sensitivity_floor),
-                            "sensitivity_at": s.callbacks.selection.sensitivity_at,
-                            "sensitivity_logit": float(run.model.hparams.selection_logit),
-                            "stage": selected["stage"], "epoch": int(selected["epoch"]),
-                            "val_auc": float(selected["auc"]),
-                            "val_sensitivity": float(selected["sensitivity"]),
-                            "qualified_epochs": int(history["qualified"].sum()),
-                            "epochs": len(history)},
+              "selection": trained["selection"],
               "calibration_inputs": {
                   # what a recalibration needs: the positive share the model was trained on
                   # (oversampled) and its BCE weight, beside the real share in its training set
                   "train_positive_share": train_share,
                   "train_prevalence_real": real_share,
                   "pos_weight": float(s.model.pos_weight)},
-              "lr_stage2_top": top_lr, "lr_finder": run.progress.get("lr_finder"),
-              "pretrained": resolve_pretrained(s.model.pretrained),
-              "world_size": second.world_size}
-    if second.is_global_zero:
+              **{k: trained[k] for k in ("lr_stage2_top", "lr_finder", "pretrained",
+                                         "world_size")}}
+    if global_zero:
         result["feature_distribution"] = record_feature_distribution(
             dm, run.model.net, s.evaluation.feature_sample, s.seed + s.fold,
             run.ckpt_dir / FEATURES_FILE)
-        torch.save({"state_dict": run.model.state_dict(), "hparams": dict(run.model.hparams)},
-                   run.ckpt_dir / "selected.pt")
         write_csv(_prediction_table(test, logits["test"]), out / "predictions.csv")
         write_csv(_prediction_table(validation, validation["logit"].to_numpy()),
                   out / "validation_predictions.csv")
-        write_csv(history, out / "history.csv")
         folds = dm.table[["image_id", "patient_id", "dislocated", "sex", "group", "subset"]]
         write_csv(folds.assign(patient_id=[patient_hash(p) for p in folds["patient_id"]])
                   .rename(columns={"patient_id": "patient"}), out / "fold_table.csv")
         write_text(out / "test_metrics.json", json.dumps(result, indent=2, default=float))
-        # finished: what only a resume needed goes (a fold keeps ~45 MB, not ~300), so that a
-        # forced rerun (callbacks.skip_finished=false) starts afresh
-        for stage in STAGES:
-            (run.ckpt_dir / stage / "last.ckpt").unlink(missing_ok=True)
-        for name in ("candidate_qualified.pt", "candidate_any.pt", "selection.json",
-                     "progress.json"):
-            (run.ckpt_dir / name).unlink(missing_ok=True)
-    run.dm._device_crops = None  # data.on_device: the next fold of a sweep loads its own pack
     return result

@@ -53,6 +53,8 @@ def _one_gpu_per_parallel_job(trainer: TrainerSettings):
     """The devices of this job: under the joblib launcher with one GPU per job, job k's own."""
     from hydra.core.hydra_config import HydraConfig
 
+    if not HydraConfig.initialized():  # outside a job (a tuning study's end): as configured
+        return trainer.devices
     hc = HydraConfig.get()
     launcher = str(hc.launcher.get("_target_", ""))
     if "joblib" not in launcher.lower() or trainer.accelerator != "gpu" \
@@ -71,8 +73,9 @@ def _this_job_only() -> None:
     from hydra.types import RunMode
 
     hc = HydraConfig.get()
-    if hc.mode == RunMode.MULTIRUN:
-        sys.argv = [sys.argv[0], *hc.overrides.task]
+    if hc.mode == RunMode.MULTIRUN:  # and this job's folder (a configuration's, in a sweep of
+        sys.argv = [sys.argv[0], *hc.overrides.task,  # settings), not the single run's default
+                    f"hydra.run.dir={hc.runtime.output_dir}"]
 
 
 def _restore_environment(before: dict) -> None:
@@ -110,34 +113,63 @@ def fold_summary(label: str, r: dict, seconds: float, path: Path, eta: str | Non
             f"-> {path}\n  {r['selection']['rule']}")
 
 
-def train_one_fold(cfg: DictConfig, out: Path, label: str, study=None) -> tuple[dict, float]:
+def resolve_backbone(settings: TrainConfig) -> TrainConfig:
+    """``model.pretrained=phantom_geometry`` as the path of the backbone its stage built."""
+    if settings.model.pretrained == PHANTOM_GEOMETRY:
+        settings.model.pretrained = str(backbone_path(Path(settings.paths.data_dir)))
+    return settings
+
+
+def with_phantom_oracle(r: dict, out: Path, cfg: DictConfig) -> dict:
+    """On the phantom: the image-only oracle's AUC on the fold's test images added to its
+    ``test_metrics.json``."""
+    if cfg.cohort.get("phantom") is None:
+        return r
+    oracle = phantom_oracle_auc(out / "predictions.csv", Path(cfg.paths.data_dir))
+    if oracle is not None:
+        r["phantom_oracle_auc"] = oracle
+        write_text(out / "test_metrics.json", json.dumps(r, indent=2, default=float))
+    return r
+
+
+def configuration_overrides() -> list[str]:
+    """The overrides of this job that its sweep varies besides ``fold`` (Hydra's
+    ``override_dirname`` exclusions: :func:`hipdisloc.train.normalise_argv`)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return []
+    excluded = set(hc.job.config.override_dirname.exclude_keys)
+    return [o for o in hc.overrides.task
+            if o.split("=", 1)[0].lstrip("+~") not in excluded]
+
+
+def train_one_fold(cfg: DictConfig, out: Path, label: str, study=None,
+                   test: bool = True) -> tuple[dict, float]:
     """The upstream stages (built or reused), then the fold; its result and the seconds it
-    took (the stages apart: they run once per data folder, the fold once per job)."""
+    took (the stages apart: they run once per data folder, the fold once per job).
+    ``test=False``: a tuning trial's fold, scored on its validation images only."""
     from pytorch_lightning.utilities import rank_zero_only
 
-
-    done = out / "test_metrics.json"
     _this_job_only()
     env_before = {k: os.environ[k] for k in DDP_ENV if k in os.environ}
     tracker = None
     try:
         settings = for_this_machine(to_settings(cfg))
         crops = ensure_upstream(settings)
-        if settings.model.pretrained == PHANTOM_GEOMETRY:
-            settings.model.pretrained = str(backbone_path(Path(settings.paths.data_dir)))
+        settings = resolve_backbone(settings)
         started = time.monotonic()
         if rank_zero_only.rank == 0:
             write_inputs_record(cfg, out, crops)
-        tracker = FoldTracker.from_config(cfg, out)
+        tracker = FoldTracker.from_config(cfg, out, configuration_overrides())
         bar = FoldProgress(label, settings.schedule.head_epochs, settings.schedule.full_epochs,
                            started, study)
-        r = train_fold(crops, out, settings, loggers=tracker.loggers, callbacks=[bar])
-        if rank_zero_only.rank == 0:
-            oracle = (phantom_oracle_auc(out / "predictions.csv", Path(cfg.paths.data_dir))
-                      if cfg.cohort.get("phantom") is not None else None)
-            if oracle is not None:
-                r["phantom_oracle_auc"] = oracle
-                write_text(done, json.dumps(r, indent=2, default=float))
+        r = train_fold(crops, out, settings, loggers=tracker.loggers, callbacks=[bar],
+                       test=test)
+        if rank_zero_only.rank == 0 and test:
+            r = with_phantom_oracle(r, out, cfg)
             tracker.log_fold_result(r, out, crops)
         return r, time.monotonic() - started
     finally:

@@ -37,10 +37,21 @@ def wandb_mode(requested: str = "auto") -> str:
     return "offline"
 
 
-def sweep_group(cfg: DictConfig) -> str:
-    """The W&B group of a sweep: configured, else the experiment's name and output folder."""
+def sweep_group(cfg: DictConfig, configuration: str = "") -> str:
+    """The W&B group of a sweep's configuration: configured, else the experiment's name and
+    output folder, then the configuration's folder when the sweep varies settings
+    (``demo-demo/model.pos_weight=5``): one group per configuration, to compare on the
+    dashboard."""
     w = cfg.logger.wandb
-    return str(w.group) if w.get("group") else f"{cfg.name}-{Path(cfg.paths.out_dir).name}"
+    group = str(w.group) if w.get("group") else f"{cfg.name}-{Path(cfg.paths.out_dir).name}"
+    return f"{group}/{configuration}" if configuration else group
+
+
+def configuration_of(fold_dir: Path, sweep_dir: Path) -> str:
+    """The configuration folder a fold folder sits in under the sweep folder ("" when the
+    sweep varies the folds alone)."""
+    parent = Path(fold_dir).resolve().parent
+    return "" if parent == Path(sweep_dir).resolve() else parent.name
 
 
 def _public_config(cfg: DictConfig) -> dict:
@@ -58,17 +69,24 @@ class FoldTracker:
         self.log_crops = log_crops
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, out: Path) -> FoldTracker:
+    def from_config(cls, cfg: DictConfig, out: Path,
+                    overrides: list[str] | None = None) -> FoldTracker:
+        """``overrides``: what makes this fold's configuration (the overrides its sweep
+        varies), in the run's config so that the dashboard can compare configurations."""
         w = cfg.logger.get("wandb")
         if not w:
             return cls([])
         import wandb
         from pytorch_lightning.loggers import WandbLogger
 
+        configuration = configuration_of(out, Path(cfg.paths.out_dir))
+        config = {**_public_config(cfg),
+                  "configuration": {"folder": configuration or ".",
+                                    "overrides": list(overrides or [])}}
         logger = WandbLogger(project=str(w.project), entity=w.get("entity"),
-                             group=sweep_group(cfg), name=f"fold{cfg.fold}", job_type="fold",
-                             save_dir=str(out), mode=wandb_mode(str(w.get("mode", "auto"))),
-                             config=_public_config(cfg),
+                             group=sweep_group(cfg, configuration), name=f"fold{cfg.fold}",
+                             job_type="fold", save_dir=str(out),
+                             mode=wandb_mode(str(w.get("mode", "auto"))), config=config,
                              settings=wandb.Settings(quiet=True))  # where, not a run summary
         return cls([logger], logger, int(w.get("log_crops", 0)))
 
