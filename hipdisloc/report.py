@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from hipdisloc.config import ReportSettings
 from hipdisloc.stages.report.aggregate import aggregate
@@ -42,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tables = aggregate(args.sweep_dir)
     except FileNotFoundError as err:
-        print(f"report: {err}", file=sys.stderr)
+        configurations = sorted({p.parent.parent for p in
+                                 Path(args.sweep_dir).glob("*/fold*/test_metrics.json")})
+        hint = (f" (it holds configurations: give one of their folders, e.g. "
+                f"{configurations[0]}, or --compare)" if configurations else "")
+        print(f"report: {err}{hint}", file=sys.stderr)
         return 2
     print((tables.folder / "table2.md").read_text())
     print((tables.folder / "table3.md").read_text())
@@ -67,8 +72,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def compare_configurations(sweep_dir: str, baseline: str | None, n_boot: int) -> int:
-    from pathlib import Path
-
     from hipdisloc.stages.report.compare import load_configuration, write_comparison
 
     folders = sorted(p for p in Path(sweep_dir).iterdir()

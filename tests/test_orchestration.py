@@ -257,6 +257,15 @@ def test_a_sweep_of_settings_gets_a_folder_per_configuration_and_a_comparison(da
     assert "Chosen by validation AUC alone" in md and "DeLong" in md
     assert "configurations compared; chosen by validation AUC alone" in log
     assert len(list((sweep / "wandb").glob("offline-run-*"))) == 1  # the comparison run
+    # afterwards: the comparison again with another baseline; the sweep folder is no sweep
+    report = [sys.executable, "-m", "hipdisloc.report", str(sweep)]
+    done = subprocess.run([*report, "--compare", "--baseline", names[1], "--n-boot", "50"],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert pd.read_csv(sweep / "compare.csv")["baseline"].tolist() == [False, True]
+    done = subprocess.run([*report, "--tables-only"], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True)
+    assert done.returncode == 2 and "it holds configurations" in done.stderr
     # the same sweep again with only a logging change: every fold reused
     log = run_train([*args, "logger=csv"], tmp_path)
     assert log.count("exists, skipped") == 4

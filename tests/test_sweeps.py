@@ -243,6 +243,7 @@ def test_configurations_compared_and_chosen_on_validation_alone(tmp_path):
     md = (tmp_path / "compare.md").read_text()
     assert "Chosen by validation AUC alone: b" in md and "Caveat" in md
     assert (tmp_path / "compare.csv").is_file() and (tmp_path / "compare_folds.csv").is_file()
+    assert "Chosen by validation AUC alone" in (tmp_path / "compare.html").read_text()
     other = write_comparison(tmp_path, configs, baseline="c", n_boot=50)
     assert other.baseline == "c"
     with pytest.raises(ValueError, match="none of this sweep's configurations"):

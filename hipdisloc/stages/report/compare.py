@@ -9,7 +9,7 @@ a 95 % CI from a bootstrap that resamples patients within each fold
 (:mod:`hipdisloc.stages.report.paired`). And the configuration chosen by mean validation AUC
 alone, as nnU-Net's "find best configuration" does; its test figures are read after the choice.
 Two configurations that do not share a fold's test images (another seed, another cohort) are
-not compared on that fold, and the table says so.
+not compared on that fold, and the table says so. ``compare.html`` is the same as a page.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import pandas as pd
 
 from hipdisloc.io.atomic import write_csv, write_text
 from hipdisloc.metrics import roc_auc
+from hipdisloc.stages.report.document import Section, render_html, render_markdown
 from hipdisloc.stages.report.paired import clustered_mean_difference, delong_test
 
 CONFIGURATION_RECORD = "configuration.json"  # the overrides that make a configuration
@@ -170,20 +171,12 @@ def _f(value: float, digits: int = 3) -> str:
     return "—" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
-def comparison_markdown(c: Comparison, sweep_dir: Path) -> str:
-    lines = ["# Configurations compared", "",
-             f"Sweep `{sweep_dir}`: {len(c.table)} configurations. Validation AUC: each fold's "
-             "selected weights on its validation images (each once, real prevalence); test "
-             "AUC: Table 2's. Δ: the paired difference of test AUC against the baseline "
-             f"(**{c.baseline}**), on each fold's shared test images, averaged over folds; its "
-             f"95 % CI from {c.n_boot} bootstrap resamples of patients within each fold. "
-             "DeLong: per fold, the two AUCs on the same test images (two-sided).", "",
-             "| configuration | folds | validation AUC | test AUC | Δ test AUC vs baseline "
-             "(95 % CI) | folds with DeLong p < 0.05 |",
-             "|---|---|---|---|---|---|"]
+def display_table(c: Comparison) -> pd.DataFrame:
+    """The comparison as it is read: one row per configuration, figures as text."""
+    rows = []
     for _, r in c.table.iterrows():
         name = r["configuration"] + (" (baseline)" if r["baseline"] else "") + \
-            (" **chosen**" if r["chosen_by_validation"] else "")
+            (" — chosen" if r["chosen_by_validation"] else "")
         test = (f"{_f(r['test_auc_mean'])} ± {_f(r['test_auc_sd'])}"
                 if math.isfinite(r["test_auc_mean"]) else "not read")
         if r["baseline"]:
@@ -196,23 +189,48 @@ def comparison_markdown(c: Comparison, sweep_dir: Path) -> str:
             delta, count = "not paired", "—"
         if r["unpaired_folds"]:
             delta += f"; folds {r['unpaired_folds']} test other images, left out"
-        lines.append(f"| {name} | {r['folds']} | {_f(r['val_auc_mean'])} ± "
-                     f"{_f(r['val_auc_sd'])} | {test} | {delta} | {count} |")
+        rows.append({"configuration": name, "folds": int(r["folds"]),
+                     "validation AUC": f"{_f(r['val_auc_mean'])} ± {_f(r['val_auc_sd'])}",
+                     "test AUC": test, "Δ test AUC vs baseline (95 % CI)": delta,
+                     "folds with DeLong p < 0.05": count})
+    return pd.DataFrame(rows)
+
+
+def comparison_sections(c: Comparison, sweep_dir: Path) -> list[Section]:
     chosen = c.table[c.table["chosen_by_validation"]].iloc[0]
-    lines += ["", f"**Chosen by validation AUC alone: {chosen['configuration']}** (mean "
-              f"validation AUC {_f(chosen['val_auc_mean'])})."]
+    choice = (f"**Chosen by validation AUC alone: {chosen['configuration']}** (mean "
+              f"validation AUC {_f(chosen['val_auc_mean'])}).")
     if math.isfinite(chosen["test_auc_mean"]):
-        lines.append(f"Its test AUC, read after the choice: {_f(chosen['test_auc_mean'])} ± "
-                     f"{_f(chosen['test_auc_sd'])}.")
-    lines += ["", "Caveat: the validation images chose each fold's epoch and threshold as well "
-              "as the configuration, so the chosen configuration's validation AUC is "
-              "optimistic; its test AUC is the estimate to quote. A configuration that looks "
-              "better on test than the chosen one was not chosen, and quoting it would choose "
-              "on test. Confirm the chosen configuration once on data no choice used (another "
-              "cohort seed, or a later cohort).",
-              "", "Per fold: `compare_folds.csv`; per configuration: its folder's Table 2, "
-              "Table 3 and report."]
-    return "\n".join(lines) + "\n"
+        choice += (f" Its test AUC, read after the choice: {_f(chosen['test_auc_mean'])} ± "
+                   f"{_f(chosen['test_auc_sd'])}.")
+    overview = Section("Configurations").text(
+        f"Sweep `{sweep_dir}`: {len(c.table)} configurations. Validation AUC: each fold's "
+        "selected weights on its validation images (each once, real prevalence); test AUC: "
+        "Table 2's. Δ: the paired difference of test AUC against the baseline "
+        f"(**{c.baseline}**) on each fold's shared test images, averaged over folds; its 95 % "
+        f"CI from {c.n_boot} bootstrap resamples of patients within each fold. DeLong: per "
+        "fold, the two AUCs on the same test images (two-sided).").table(display_table(c))
+    chosen_section = Section("Chosen on validation").text(choice).text(
+        "Caveat: the validation images chose each fold's epoch and threshold as well as the "
+        "configuration, so the chosen configuration's validation AUC is optimistic; its test "
+        "AUC is the estimate to quote. A configuration that looks better on test than the "
+        "chosen one was not chosen, and quoting it would choose on test. Confirm the chosen "
+        "configuration once on data no choice used (another cohort seed, or a later cohort).")
+    sections = [overview, chosen_section]
+    if not c.folds.empty:
+        per_fold = c.folds.assign(
+            **{k: c.folds[k].round(4) for k in ("auc", "auc_baseline", "difference",
+                                                "delong_se", "delong_z")},
+            delong_p=[("< 0.0001" if p < 1e-4 else f"{p:.4f}") for p in c.folds["delong_p"]])
+        sections.append(Section("Per fold").text(
+            "DeLong's test per fold (`compare_folds.csv`); each configuration's own Table 2, "
+            "Table 3 and report are in its folder.").table(per_fold))
+    return sections
+
+
+def comparison_markdown(c: Comparison, sweep_dir: Path) -> str:
+    return render_markdown("Configurations compared", comparison_sections(c, sweep_dir),
+                           Path(sweep_dir))
 
 
 def write_comparison(sweep_dir: Path, configs: list[Configuration],
@@ -223,4 +241,6 @@ def write_comparison(sweep_dir: Path, configs: list[Configuration],
     write_csv(result.table, sweep_dir / "compare.csv")
     write_csv(result.folds, sweep_dir / "compare_folds.csv")
     write_text(sweep_dir / "compare.md", comparison_markdown(result, sweep_dir))
+    write_text(sweep_dir / "compare.html",
+               render_html("Configurations compared", comparison_sections(result, sweep_dir)))
     return result
