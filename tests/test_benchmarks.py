@@ -94,8 +94,7 @@ def test_a_failed_measurement_is_recorded_and_the_section_goes_on(tmp_path):
 def test_gpu_script_out_of_time_skips_sections_and_still_reports(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "GPU_BENCH_BUDGET_S": "1"}
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--dry-run",
-                           str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
+                           str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "results.json").read_text())
     assert summary["status"] == {name: "skipped" for name in gpu_bench.SECTIONS}
@@ -107,8 +106,7 @@ def test_gpu_script_out_of_time_skips_sections_and_still_reports(tmp_path):
 def test_gpu_bench_on_device_section_dry_run(tmp_path):
     """The data.on_device section of benchmarks/gpu.sh, on the CPU at its dry-run sizes."""
     proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_bench", "ondevice", "--out",
-                           str(tmp_path), "--dry-run"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+                           str(tmp_path), "--dry-run"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     section = json.loads((tmp_path / "ondevice.json").read_text())
     assert section["errors"] == []
@@ -196,8 +194,7 @@ def test_predict_latency_on_a_sweep_it_builds():
 def test_gpu_script_dry_run_writes_every_result(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable}
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--dry-run",
-                           str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+                           str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "results.json").read_text())
     assert summary["status"] == {"train": "0", "ondevice": "0", "share": "0", "data": "0",

@@ -35,7 +35,7 @@ TINY = ["experiment=demo", "debug=fast", "n_folds=2", "cohort.phantom.n_patients
         "pretrain.n_patients=40", "pretrain.epochs=1", "pretrain.batch_size=16"]
 
 
-def run_train(args: list[str], home: Path, timeout: int = 600, background: bool = False):
+def run_train(args: list[str], home: Path, background: bool = False):
     env = {**os.environ, "HOME": str(home), "HYDRA_FULL_ERROR": "1"}
     env.pop("WANDB_API_KEY", None)
     env.pop("WANDB_MODE", None)
@@ -44,8 +44,7 @@ def run_train(args: list[str], home: Path, timeout: int = 600, background: bool 
         log = open(home / "background.log", "w")  # noqa: SIM115 (closed with the process)
         return subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    done = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    done = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return done.stdout + done.stderr
 
@@ -198,7 +197,7 @@ def run_train_failing(args: list[str], home: Path) -> str:
     env = {**os.environ, "HOME": str(home)}
     env.pop("HYDRA_FULL_ERROR", None)
     done = subprocess.run([sys.executable, "-m", "hipdisloc.train", *args], cwd=PROJECT_ROOT,
-                          env=env, capture_output=True, text=True, timeout=600)
+                          env=env, capture_output=True, text=True)
     assert done.returncode != 0, done.stdout[-3000:]
     return done.stdout + done.stderr
 

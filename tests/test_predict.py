@@ -42,7 +42,7 @@ TINY = ["experiment=demo", "debug=fast", "logger=csv", "n_folds=2",
 def run(module: str, args: list[str], cwd: Path, ok: bool = True):
     env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
     done = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True)
     if ok:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return done

@@ -85,7 +85,6 @@ def test_oracle_geometry_is_the_thas_geometry(small_phantom):
                                by_image.to_numpy(float), atol=1e-6)
 
 
-@pytest.mark.timeout(120)
 def test_one_epoch_study_end_to_end(small_phantom, tmp_path):
     root, _ = small_phantom
     crops, _ = prepare_and_crop(root, tmp_path, 96, 48)

@@ -28,7 +28,7 @@ def crops(small_phantom, tmp_path_factory):
 def _run(crops: Path, out: Path, kill: str | None = None) -> int:
     cmd = [sys.executable, "-m", "tests.resume_job", str(crops), str(out)]
     done = subprocess.run([*cmd, *(["--kill", kill] if kill else [])], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True)
     if done.returncode not in (0, -signal.SIGKILL):
         raise AssertionError(done.stderr[-3000:])
     return done.returncode
