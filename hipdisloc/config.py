@@ -187,8 +187,10 @@ class ModelSettings:
     """:class:`hipdisloc.models.classifier.DislocationClassifier`: torchvision ResNet18, one
     logit, BCE weighted for the positive class."""
 
-    # auto (imagenet if its local file exists) | imagenet | none | phantom_geometry (a backbone
-    # pretrained to measure the implant on another phantom cohort: pretrain, the demo's) | path
+    # auto (imagenet if its local file exists, else random weights, said loudly) | imagenet
+    # (fetched into the torch cache when online) | none | path | privileged_phantom_geometry (a
+    # backbone trained on the phantom's truth, the implant's measurements, on another phantom
+    # cohort: stage pretrain; an upper bound, never evidence about the method)
     pretrained: str = "auto"
     # fastai (the paper's: max and average pool, BatchNorm, dropout, 512 hidden units, ReLU,
     # one logit) | linear (one layer on the average pool)
@@ -205,10 +207,10 @@ class ModelSettings:
 
 @dataclass
 class PretrainSettings:
-    """``model.pretrained=phantom_geometry`` (:mod:`hipdisloc.stages.pretrain`): a ResNet18
-    pretrained to measure the implant (cup inclination and anteversion, head diameter, offset)
-    on a separate phantom cohort drawn like the study's, the demo's stand-in for ImageNet
-    weights."""
+    """``model.pretrained=privileged_phantom_geometry`` (:mod:`hipdisloc.stages.pretrain`): a
+    ResNet18 trained on the phantom's truth to measure the implant (cup inclination and
+    anteversion, head diameter, offset) on a separate phantom cohort drawn like the study's.
+    The inputs of the phantom's risk model: an upper bound, not a stand-in for ImageNet."""
 
     n_patients: int = 2000  # of the pretraining cohort (other patients than the study's)
     seed: int = 1000  # its phantom's seed; must differ from cohort.phantom.seed

@@ -44,8 +44,8 @@ def test_the_demo_reads_as_its_yaml_says():
     assert (demo.name, demo.paths.data_dir) == ("demo", "data/demo")  # interpolation resolved
     assert demo.cohort.phantom.n_patients == 2000 and demo.cohort.phantom.risk.head_22 == 3.5
     assert (demo.schedule.head_epochs, demo.schedule.full_epochs) == (2, 2)
-    assert (demo.model.pretrained, demo.model.lr, demo.model.head) == ("phantom_geometry", 1e-4,
-                                                                       "linear")
+    assert (demo.model.pretrained, demo.model.lr, demo.model.head) == \
+        ("privileged_phantom_geometry", 1e-4, "linear")
     assert demo.pretrain.epochs == 24
     assert demo.pretrain.seed != demo.cohort.phantom.seed  # other patients than the study's
     assert demo.detector.data.input_size == 192 and demo.crop.crop_size == 64

@@ -73,8 +73,12 @@ def _commands(path: Path) -> list[tuple[str, str, str]]:
 
 
 def _one_value(value: str) -> str:
-    """A sweep value as one value: ``0..9`` -> ``0``, ``0,1`` -> ``0``; a placeholder (N, DIR)
+    """A sweep value as one value: ``0..9`` -> ``0``, ``0,1`` -> ``0``, an Optuna search space
+    (``interval(2.0,30.0)``, ``tag(log,interval(...))``) -> its low end; a placeholder (N, DIR)
     -> a dummy that any type accepts."""
+    m = re.fullmatch(r"(?:tag\(\w+,)?interval\(([^,]+),[^)]+\)\)?", value)
+    if m:
+        return m.group(1)
     m = re.fullmatch(r"(-?\d+)\.\.(-?\d+)", value)
     if m:  # the range fold=0..9 stands for 0,...,9
         lo, hi = int(m.group(1)), int(m.group(2))
@@ -143,6 +147,8 @@ def test_overrides_are_read_as_written():
             "--cfg job cohort.manifest=/data/tha/manifest.csv ...   # a comment=1")
     assert overrides_of(args) == ["experiment=demo", "fold=0", "hydra/launcher=submitit_slurm",
                                   "trainer.num_nodes=1", "cohort.manifest=/data/tha/manifest.csv"]
+    assert overrides_of("'model.lr=tag(log,interval(3e-5,1e-3))' a=interval(2.0,30.0)") == \
+        ["model.lr=3e-5", "a=2.0"]
 
 
 @pytest.mark.parametrize("overrides", [

@@ -80,7 +80,7 @@ def test_the_pretrain_stage_is_costed_from_its_cohort_and_epochs(tmp_path):
     cfg.pretrain.n_patients, cfg.pretrain.epochs, cfg.pretrain.batch_size = 500, 2, 64
     size = CohortSize(radiographs=1200, crops=1000, positive_share=0.25)
     assert pretrain_cost(cfg, size, 0.01, 0.2, tmp_path) is None  # model.pretrained: auto
-    cfg.model.pretrained = "phantom_geometry"
+    cfg.model.pretrained = "privileged_phantom_geometry"
     cost = pretrain_cost(cfg, size, 0.01, 0.2, tmp_path)
     # half the patients: 600 radiographs x 0.01 s; 2 epochs x floor(0.9 x 500 / 64) = 7 steps
     # of 0.2 s x 64 / 32 = 0.4 s

@@ -57,7 +57,7 @@ def data_dir(tmp_path_factory):
                      "fold=0"], root)
     for stage in ("phantom", "prepare", "crop", "pretrain"):
         assert f"{stage}: building" in out
-    # experiment=demo's model.pretrained=phantom_geometry: the fold started from that backbone
+    # experiment=demo's model.pretrained=privileged_phantom_geometry: the fold started from it
     result = json.loads((root / "first" / "fold0" / "test_metrics.json").read_text())
     assert result["pretrained"] == str(root / "data" / "pretrain" / "backbone.pt")
     # its pretraining cohort cut on boxes found as the study's were (here the ground truth)

@@ -1,5 +1,6 @@
-"""model.pretrained=phantom_geometry: a backbone pretrained to measure the implant on another
-phantom cohort (hipdisloc.stages.pretrain), built by the train command's pretrain stage."""
+"""model.pretrained=privileged_phantom_geometry: a backbone trained on the phantom's truth to
+measure the implant on another phantom cohort (hipdisloc.stages.pretrain), built by the train
+command's pretrain stage: an upper bound, named so."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from hipdisloc.config import (
     PretrainSettings,
     TrainConfig,
 )
-from hipdisloc.models.classifier import PHANTOM_GEOMETRY, resnet18
+from hipdisloc.models.classifier import PRIVILEGED_PHANTOM_GEOMETRY, resnet18
 from hipdisloc.phantom.recoverability import FACTORS
 from hipdisloc.stages.pretrain import (
     BACKBONE_FILE,
@@ -26,7 +27,7 @@ from hipdisloc.stages.pretrain import (
     pretraining_phantom,
     summary,
 )
-from hipdisloc.stages.train.upstream import ensure_pretrained_backbone
+from hipdisloc.stages.train.upstream import ensure_pretrained_backbone, ensure_upstream
 
 
 def test_the_pretraining_cohort_is_drawn_like_the_study_but_is_other_patients():
@@ -92,7 +93,7 @@ def test_the_pretraining_cohort_is_cut_by_the_studys_detector_when_given(tmp_pat
                 "input_size": 128, "cache_size": 128}, detector)
     (detector.parent / STAGE_RECORD).write_text('{"stage": "detect", "settings": {"run": 1}}')
     cfg = TrainConfig()
-    cfg.model.pretrained = PHANTOM_GEOMETRY
+    cfg.model.pretrained = PRIVILEGED_PHANTOM_GEOMETRY
     cfg.cohort.phantom = PhantomSettings(n_patients=16, prevalence=0.25, images_per_tha=1.0,
                                          seed=3, image_size=128, workers=1)
     cfg.prepare = PrepareSettings(image_size=128, workers=1)
@@ -115,11 +116,18 @@ def test_the_pretraining_cohort_is_cut_by_the_studys_detector_when_given(tmp_pat
         ensure_pretrained_backbone(cfg, data, detector)
 
 
-def test_phantom_geometry_is_refused_where_it_cannot_be_built():
+def test_the_privileged_backbone_is_refused_where_it_cannot_be_built_or_by_its_old_name():
+    for old in ("phantom_geometry",):  # its name says what it reads; the old one is refused
+        with pytest.raises(ValueError, match="is now privileged_phantom_geometry: it trains"):
+            resnet18(old)
+        cfg = TrainConfig()
+        cfg.model.pretrained = old
+        with pytest.raises(ValueError, match="the phantom's truth"):
+            ensure_upstream(cfg)  # before any stage is built
     with pytest.raises(ValueError, match="pretrain stage"):
-        resnet18(PHANTOM_GEOMETRY)  # the train command resolves it to a path first
+        resnet18(PRIVILEGED_PHANTOM_GEOMETRY)  # the train command resolves it to a path first
     cfg = TrainConfig()
-    cfg.model.pretrained = PHANTOM_GEOMETRY
+    cfg.model.pretrained = PRIVILEGED_PHANTOM_GEOMETRY
     cfg.cohort.phantom = None  # a real archive: no phantom to draw the pretraining cohort like
     with pytest.raises(ValueError, match="start a real archive from ImageNet weights"):
         ensure_pretrained_backbone(cfg, None)

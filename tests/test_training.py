@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import urllib.error
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torchvision
 from sklearn.metrics import roc_auc_score
 
 from hipdisloc.config import (
@@ -25,10 +27,13 @@ from hipdisloc.data.classification import (
     oversampled_index,
 )
 from hipdisloc.models.classifier import (
+    IMAGENET_FILE,
     DislocationClassifier,
     load_selected,
     pooled_features,
+    pretrained_fallback,
     resnet18,
+    resolve_pretrained,
 )
 from hipdisloc.stages.train.fold import (
     by_sex_metrics,
@@ -137,9 +142,36 @@ def test_pretrained_weights_from_a_local_file_and_no_download(tmp_path, monkeypa
     torch.save(donor.state_dict(), tmp_path / "r18.pth")
     net = resnet18(str(tmp_path / "r18.pth"))
     assert torch.equal(net.conv1.weight, donor.conv1.weight)
+
+    # imagenet: torchvision's file in the torch cache is read, nothing fetched
+    hub = tmp_path / "hub"
+    (hub / "checkpoints").mkdir(parents=True)
+    torch.save(donor.state_dict(), hub / "checkpoints" / IMAGENET_FILE)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+    fetched = []
+
+    def offline(url, *args, **kwargs):  # what torch's fetch raises without a network
+        fetched.append(url)
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    net = resnet18("imagenet")
+    assert torch.equal(net.layer4[1].conv2.weight, donor.layer4[1].conv2.weight) and not fetched
+    assert resolve_pretrained("auto") == "imagenet" and pretrained_fallback("auto") is None
+
+    # absent: fetched the standard way (torchvision's URL, into the torch cache) when online...
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty_hub"))
-    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
-        resnet18("imagenet")
+    with pytest.raises(FileNotFoundError, match=r"could not be fetched .*copy the file to") as err:
+        resnet18("imagenet")  # ...and offline, an error saying where the file goes
+    assert fetched == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url]
+    assert str(tmp_path / "empty_hub" / "checkpoints" / IMAGENET_FILE) in str(err.value)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url",
+                        lambda url, *a, **k: donor.state_dict())
+    assert torch.equal(resnet18("imagenet").conv1.weight, donor.conv1.weight)
+    # auto never fetches; its fall back to random weights is said, not silent
+    assert resolve_pretrained("auto") == "none"
+    assert "RANDOM weights" in pretrained_fallback("auto")
+    assert pretrained_fallback("none") is None and pretrained_fallback("imagenet") is None
 
 
 def test_the_fastai_head_reads_the_max_and_the_average_pool(tmp_path):

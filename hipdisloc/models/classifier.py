@@ -25,7 +25,10 @@ from hipdisloc.thresholds import sensitivity_specificity, training_log_odds
 IMAGENET_FILE = "resnet18-f37072fd.pth"  # torchvision's file name for ImageNet ResNet18
 # model.pretrained's value for a backbone that the train command's pretrain stage builds
 # (hipdisloc.stages.pretrain) and hands to the folds as a path
-PHANTOM_GEOMETRY = "phantom_geometry"
+# (it reads the phantom's truth: the implant's measurements; an upper-bound row, never a default
+# of a real study; refused for a manifest cohort)
+PRIVILEGED_PHANTOM_GEOMETRY = "privileged_phantom_geometry"
+RENAMED = {"phantom_geometry": PRIVILEGED_PHANTOM_GEOMETRY}  # model.pretrained's old values
 LAYER_GROUPS = (("conv1", "bn1", "layer1"), ("layer2",), ("layer3",), ("layer4",), ("fc",))
 # model.head: fastai's head (what the paper's fastai cnn_learner put on ResNet18) or one
 # linear layer on the average pool (torchvision's)
@@ -36,12 +39,50 @@ def imagenet_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILE
 
 
+def check_pretrained(pretrained: str | None) -> None:
+    """A renamed value of ``model.pretrained`` refused with its new name."""
+    if pretrained in RENAMED:
+        raise ValueError(f"model.pretrained={pretrained} is now {RENAMED[pretrained]}: it trains "
+                         "the backbone on the phantom's truth (the implant's measurements), so "
+                         "its figures are an upper bound, not evidence about the paper's method")
+
+
 def resolve_pretrained(pretrained: str | None) -> str:
     """``auto`` -> ``imagenet`` when torchvision's file is in the local hub cache, else ``none``
     (the paper used ImageNet weights "when available"); other values unchanged."""
+    check_pretrained(pretrained)
     if pretrained == "auto":
         return "imagenet" if imagenet_weights_path().is_file() else "none"
     return "none" if pretrained in (None, "") else str(pretrained)
+
+
+def pretrained_fallback(pretrained: str | None) -> str | None:
+    """What ``auto`` fell back to, in words (None when it did not): said at the start of every
+    fold and kept in its ``test_metrics.json``, so that a study never loses ImageNet silently."""
+    if pretrained != "auto" or resolve_pretrained(pretrained) != "none":
+        return None
+    return (f"model.pretrained=auto found no ImageNet ResNet18 weights at "
+            f"{imagenet_weights_path()}: the backbone starts from RANDOM weights, not the "
+            "paper's ImageNet ones. Use model.pretrained=imagenet to fetch them into the torch "
+            "cache (online), or copy the file there.")
+
+
+def imagenet_state_dict() -> dict:
+    """torchvision's ImageNet ResNet18 weights: from the torch hub cache when the file is there,
+    else fetched into it the standard way (torchvision's weights enum); offline and absent, a
+    FileNotFoundError that says where to put the file."""
+    path = imagenet_weights_path()
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    try:  # what torchvision's weights enum does: into <torch hub>/checkpoints/, hash checked
+        return torch.hub.load_state_dict_from_url(weights.url, progress=True, check_hash=True)
+    except OSError as err:  # URLError, a refused connection, no route: offline
+        raise FileNotFoundError(
+            f"model.pretrained=imagenet: the ImageNet ResNet18 weights are not on this machine "
+            f"({path}) and could not be fetched ({type(err).__name__}: {err}). On a machine "
+            f"that is online, fetch them once ({weights.url}) and copy the file to {path} "
+            "(or set TORCH_HOME), or pass model.pretrained=/path/to/resnet18.pth") from err
 
 
 class ConcatPool(torch.nn.Module):
@@ -74,27 +115,22 @@ def resnet18(pretrained: str = "none", head: str = "linear") -> torch.nn.Module:
     ``head``: ``linear`` (one layer on the average pool) or ``fastai`` (:func:`fastai_head` on
     :class:`ConcatPool`: the head the paper's fastai put on its ResNet18).
 
-    Nothing is downloaded: ``imagenet`` reads torchvision's file from the local torch hub cache
-    and says where to put it when it is absent; ``auto`` uses it when it is there.
+    ``imagenet`` reads torchvision's file from the local torch hub cache, fetching it there the
+    standard way when it is absent and the machine is online (offline: an error that says where
+    to put it); ``auto`` uses the file when it is there and never fetches.
     """
     if head not in HEADS:
         raise ValueError(f"model.head must be one of {HEADS}, got {head!r}")
     pretrained = resolve_pretrained(pretrained)
-    if pretrained == PHANTOM_GEOMETRY:
-        raise ValueError("model.pretrained=phantom_geometry is built by python -m hipdisloc.train "
-                         "(its pretrain stage, data_dir/pretrain/backbone.pt); elsewhere give "
-                         "the backbone's path")
+    if pretrained == PRIVILEGED_PHANTOM_GEOMETRY:
+        raise ValueError("model.pretrained=privileged_phantom_geometry is built by python -m "
+                         "hipdisloc.train (its pretrain stage, data_dir/pretrain/backbone.pt); "
+                         "elsewhere give the backbone's path")
     net = torchvision.models.resnet18(weights=None)
     if pretrained not in ("none", None, ""):
-        path = Path(pretrained)
-        if pretrained == "imagenet":
-            path = imagenet_weights_path()
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"ImageNet ResNet18 weights are not on this machine ({path}); nothing is "
-                    "downloaded at run time: copy the file there, pass model.pretrained="
-                    "/path/to/weights.pth, or use model.pretrained=none")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        path = imagenet_weights_path() if pretrained == "imagenet" else Path(pretrained)
+        state = (imagenet_state_dict() if pretrained == "imagenet"
+                 else torch.load(path, map_location="cpu", weights_only=True))
         state = state.get("state_dict", state)
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         missing, _ = net.load_state_dict(state, strict=False)

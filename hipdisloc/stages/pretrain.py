@@ -1,8 +1,11 @@
-"""A ResNet18 backbone pretrained to measure the implant, for ``model.pretrained=phantom_geometry``.
+"""A ResNet18 backbone trained on the phantom's truth to measure the implant, for
+``model.pretrained=privileged_phantom_geometry``: PRIVILEGED. Its targets are the four inputs
+of the phantom's image risk (:func:`hipdisloc.phantom.risk.image_terms`), which no real archive
+has, so a study started from it is an upper bound, not evidence about the paper's method.
 
 The paper started its ResNet18 from ImageNet weights; this machine has none and downloads
 nothing, and a ResNet18 from scratch learns too slowly on two CPU cores for the demo to come near
-its phantom's ceiling (experiments/README.md, #16). The stand-in is a backbone pretrained on a
+its phantom's ceiling (experiments/README.md, #16). This backbone is pretrained on a
 *separate* phantom cohort -- other patients, another seed, drawn and rendered like the study's --
 to regress the four measurements a reader takes from an AP radiograph of a THA: cup inclination
 and anteversion, head diameter and femoral offset (standardised targets, MSE, Adam with a cosine

@@ -208,13 +208,13 @@ def classifier_seconds(cfg: TrainConfig) -> tuple[float, float, float]:
 def pretrain_cost(cfg: TrainConfig, size: CohortSize, cohort_per_image: float,
                   full_step: float, data_dir: Path,
                   detect_per_image: float = 0.0) -> StageCost | None:
-    """``model.pretrained=phantom_geometry``: its phantom cohort drawn, prepared and cropped
-    (scaled from the study's by patients; ``detect_per_image``: the study's detector finding
+    """``model.pretrained=privileged_phantom_geometry``: its phantom cohort drawn, prepared and
+    cropped (scaled from the study's by patients; ``detect_per_image``: the study's detector finding
     its boxes) and its regressor's epochs at the classifier's all-layer step time (scaled by
     batch); None when the model is not pretrained so."""
-    from hipdisloc.models.classifier import PHANTOM_GEOMETRY
+    from hipdisloc.models.classifier import PRIVILEGED_PHANTOM_GEOMETRY
 
-    if cfg.model.pretrained != PHANTOM_GEOMETRY or cfg.cohort.phantom is None:
+    if cfg.model.pretrained != PRIVILEGED_PHANTOM_GEOMETRY or cfg.cohort.phantom is None:
         return None
     if _reused(data_dir, "pretrain"):
         return StageCost("pretrain", 0.0, "reused")

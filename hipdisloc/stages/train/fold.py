@@ -45,7 +45,11 @@ from hipdisloc.data.classification import (
 from hipdisloc.io.atomic import write_csv, write_text
 from hipdisloc.lr_finder import find_lr
 from hipdisloc.metrics import Selection, confusion_metrics, repeated_draw_metrics, roc_auc
-from hipdisloc.models.classifier import DislocationClassifier, resolve_pretrained
+from hipdisloc.models.classifier import (
+    DislocationClassifier,
+    pretrained_fallback,
+    resolve_pretrained,
+)
 from hipdisloc.ood import FILENAME as FEATURES_FILE
 from hipdisloc.ood import FeatureDistribution, features_and_logits
 from hipdisloc.progress import QUIET_LIMIT_S, epoch_due, epoch_line, say
@@ -369,11 +373,13 @@ class FoldRun:
                 (self.ckpt_dir / stale).unlink(missing_ok=True)
             for stage in STAGES:
                 (self.ckpt_dir / stage / "last.ckpt").unlink(missing_ok=True)
+        fallback = pretrained_fallback(m.pretrained)
+        if fallback is not None and rank_zero_only.rank == 0:
+            say(f"WARNING fold {s.fold}: {fallback}")
         if resolve_pretrained(m.pretrained) == "none" and s.schedule.head_epochs > 0:
             log.warning("model.pretrained resolves to none: stage 1 trains the head on a randomly "
-                        "initialised frozen backbone (the paper froze ImageNet weights); put the "
-                        "weights file in place, use model.pretrained=phantom_geometry on the "
-                        "phantom (as experiment=demo), or set schedule.head_epochs=0")
+                        "initialised frozen backbone (the paper froze ImageNet weights); use "
+                        "model.pretrained=imagenet (or a path), or set schedule.head_epochs=0")
         self.recorder = SelectionRecorder(self.ckpt_dir, s.callbacks.selection.sensitivity_floor)
         progress = self.ckpt_dir / "progress.json"
         self.progress = json.loads(progress.read_text()) if progress.is_file() else {}
@@ -572,6 +578,7 @@ def train_fold(crops_dir: str | Path, out_dir: str | Path, s: FoldConfig,
                              "epochs": len(history)},
                "lr_stage2_top": top_lr, "lr_finder": run.progress.get("lr_finder"),
                "pretrained": resolve_pretrained(s.model.pretrained),
+               "pretrained_fallback": pretrained_fallback(s.model.pretrained),
                "world_size": second.world_size}
     if second.is_global_zero:
         torch.save({"state_dict": run.model.state_dict(), "hparams": dict(run.model.hparams)},
@@ -594,6 +601,9 @@ def train_fold(crops_dir: str | Path, out_dir: str | Path, s: FoldConfig,
 
 
 VALIDATION_RESULT = "validation_metrics.json"
+# what training decided, carried into the test result (and kept for a deferred test)
+TRAINED_KEYS = ("selection", "lr_stage2_top", "lr_finder", "pretrained", "pretrained_fallback",
+                "world_size")
 
 
 def _evaluation_trainer_args(s: FoldConfig) -> dict:
@@ -624,8 +634,7 @@ def test_trained_fold(crops_dir: str | Path, out_dir: str | Path, s: FoldConfig)
     :func:`train_fold` writes it. Called once, after every choice was made on validation."""
     out = Path(out_dir)
     trained = json.loads((out / VALIDATION_RESULT).read_text())
-    trained = {k: trained[k] for k in ("selection", "lr_stage2_top", "lr_finder", "pretrained",
-                                       "world_size")}
+    trained = {k: trained.get(k) for k in TRAINED_KEYS}
     run = FoldRun(Path(crops_dir), out, s)
     state = torch.load(run.ckpt_dir / "selected.pt", map_location="cpu", weights_only=False)
     run.model.load_state_dict(state["state_dict"])
@@ -668,8 +677,7 @@ def evaluate_fold(run: FoldRun, out: Path, s: FoldConfig, trained: dict,
                   "train_positive_share": train_share,
                   "train_prevalence_real": real_share,
                   "pos_weight": float(s.model.pos_weight)},
-              **{k: trained[k] for k in ("lr_stage2_top", "lr_finder", "pretrained",
-                                         "world_size")}}
+              **{k: trained.get(k) for k in TRAINED_KEYS if k != "selection"}}
     if global_zero:
         result["feature_distribution"] = record_feature_distribution(
             dm, run.model.net, s.evaluation.feature_sample, s.seed + s.fold,

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hipdisloc.config import TrainConfig, TrainerSettings, to_settings
 from hipdisloc.io.atomic import write_text
-from hipdisloc.models.classifier import PHANTOM_GEOMETRY
+from hipdisloc.models.classifier import PRIVILEGED_PHANTOM_GEOMETRY
 from hipdisloc.precision import resolve_channels_last, resolve_precision
 from hipdisloc.progress import fold_line, interactive
 from hipdisloc.stages.report.aggregate import phantom_oracle_auc
@@ -114,8 +114,9 @@ def fold_summary(label: str, r: dict, seconds: float, path: Path, eta: str | Non
 
 
 def resolve_backbone(settings: TrainConfig) -> TrainConfig:
-    """``model.pretrained=phantom_geometry`` as the path of the backbone its stage built."""
-    if settings.model.pretrained == PHANTOM_GEOMETRY:
+    """``model.pretrained=privileged_phantom_geometry`` as the path of the backbone its stage
+    built."""
+    if settings.model.pretrained == PRIVILEGED_PHANTOM_GEOMETRY:
         settings.model.pretrained = str(backbone_path(Path(settings.paths.data_dir)))
     return settings
 

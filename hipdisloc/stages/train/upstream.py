@@ -1,7 +1,7 @@
 """The stages upstream of training, run when their outputs are missing and reused when present.
 
 phantom (only when the cohort is the embedded phantom) -> prepare -> detect -> crop (-> pretrain,
-only with ``model.pretrained=phantom_geometry``), each in its own folder under
+only with ``model.pretrained=privileged_phantom_geometry``), each in its own folder under
 ``paths.data_dir``. A stage that finishes writes ``stage.json`` (its settings and inputs); the
 next run with the same settings reuses the folder, and one with other settings stops with a
 message naming the folder (delete it, or use another ``paths.data_dir``) rather than mixing
@@ -186,7 +186,7 @@ def ensure_crops(cfg: TrainConfig, data_dir: Path, prepared: Path, detector: Pat
 
 
 def backbone_path(data_dir: Path) -> Path:
-    """Where ``model.pretrained=phantom_geometry``'s backbone is kept."""
+    """Where ``model.pretrained=privileged_phantom_geometry``'s backbone is kept."""
     from hipdisloc.stages.pretrain import BACKBONE_FILE
 
     return Path(data_dir) / "pretrain" / BACKBONE_FILE
@@ -194,17 +194,18 @@ def backbone_path(data_dir: Path) -> Path:
 
 def ensure_pretrained_backbone(cfg: TrainConfig, data_dir: Path,
                                detector: Path | None = None) -> Path | None:
-    """``model.pretrained=phantom_geometry``: the backbone pretrained to measure the implant on a
-    separate phantom cohort (:mod:`hipdisloc.stages.pretrain`), cut by the study's ``detector``
-    when its crops are, built once; else None."""
-    from hipdisloc.models.classifier import PHANTOM_GEOMETRY
+    """``model.pretrained=privileged_phantom_geometry``: the backbone trained on the phantom's
+    truth to measure the implant on a separate phantom cohort (:mod:`hipdisloc.stages.pretrain`),
+    cut by the study's ``detector`` when its crops are, built once; else None."""
+    from hipdisloc.models.classifier import PRIVILEGED_PHANTOM_GEOMETRY
     from hipdisloc.stages import pretrain
 
-    if cfg.model.pretrained != PHANTOM_GEOMETRY:
+    if cfg.model.pretrained != PRIVILEGED_PHANTOM_GEOMETRY:
         return None
     if cfg.cohort.phantom is None:
-        raise ValueError("model.pretrained=phantom_geometry pretrains on a phantom cohort drawn "
-                         "like the study's, and this study's cohort is a manifest: start a real "
+        raise ValueError("model.pretrained=privileged_phantom_geometry trains on the truth of a "
+                         "phantom cohort drawn like the study's, and this study's cohort is a "
+                         "manifest (a real archive has no such truth): start a real "
                          "archive from ImageNet weights (model.pretrained=imagenet or a path)")
     backbone = backbone_path(data_dir)
     out = backbone.parent
@@ -256,6 +257,9 @@ def _crop_summary(out: Path) -> str:
 def ensure_upstream(cfg: TrainConfig) -> Path:
     """Every stage before training, built or reused; returns the crops folder (the pretrained
     backbone, when asked for, is at :func:`backbone_path`)."""
+    from hipdisloc.models.classifier import check_pretrained
+
+    check_pretrained(cfg.model.pretrained)  # before any stage
     data_dir = Path(cfg.paths.data_dir)
     with stage_lock(data_dir):
         manifest, boxes, data_root = ensure_cohort(cfg, data_dir)
