@@ -188,7 +188,8 @@ class ModelSettings:
     logit, BCE weighted for the positive class."""
 
     # auto (imagenet if its local file exists, else random weights, said loudly) | imagenet
-    # (fetched into the torch cache when online) | none | path | privileged_phantom_geometry (a
+    # (fetched into the torch cache when online) | none | path | self_supervised (SimCLR on
+    # unlabelled crops outside the study: stage self_supervised) | privileged_phantom_geometry (a
     # backbone trained on the phantom's truth, the implant's measurements, on another phantom
     # cohort: stage pretrain; an upper bound, never evidence about the method)
     pretrained: str = "auto"
@@ -218,6 +219,23 @@ class PretrainSettings:
     batch_size: int = 64
     lr: float = 1.0e-3  # Adam, cosine annealed over the epochs
     held_out: float = 0.1  # share of its patients kept out of the fit to report R² on
+
+
+@dataclass
+class SelfSupervisedSettings:
+    """``model.pretrained=self_supervised`` (:mod:`hipdisloc.stages.self_supervised`): a ResNet18
+    learnt by SimCLR from unlabelled crops of radiographs outside the study, pixels only."""
+
+    n_patients: int = 2000  # phantom: its cohort's patients (other patients than the study's)
+    seed: int = 1001  # phantom: its cohort's seed; must differ from cohort.phantom.seed
+    # an archive (cohort=manifest): a manifest of radiographs of patients outside the study
+    # (only its image/patient ids, path, side, sex and dates are read); required there
+    manifest: str | None = None
+    data_root: str | None = None  # its relative paths' base (default: its folder)
+    epochs: int = 12
+    batch_size: int = 128  # crops per step (two views each)
+    lr: float = 1.0e-3  # Adam, cosine annealed
+    temperature: float = 0.2  # NT-Xent
 
 
 @dataclass
@@ -377,6 +395,7 @@ class TrainConfig(FoldConfig):
     prepare: PrepareSettings = field(default_factory=PrepareSettings)
     crop: CropSettings = field(default_factory=CropSettings)
     pretrain: PretrainSettings = field(default_factory=PretrainSettings)
+    self_supervised: SelfSupervisedSettings = field(default_factory=SelfSupervisedSettings)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     report: ReportSettings = field(default_factory=ReportSettings)
     compare: CompareSettings = field(default_factory=CompareSettings)

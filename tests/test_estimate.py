@@ -91,3 +91,13 @@ def test_the_pretrain_stage_is_costed_from_its_cohort_and_epochs(tmp_path):
     (tmp_path / "pretrain").mkdir()
     (tmp_path / "pretrain" / "stage.json").write_text("{}")
     assert pretrain_cost(cfg, size, 0.01, 0.2, tmp_path) == StageCost("pretrain", 0.0, "reused")
+    # the self-supervised backbone: its cohort as above, two views a step
+    from hipdisloc.stages.train.estimate import self_supervised_cost
+
+    assert self_supervised_cost(cfg, size, 0.01, 0.2, tmp_path) is None
+    cfg.model.pretrained = "self_supervised"
+    s = cfg.self_supervised
+    s.n_patients, s.epochs, s.batch_size = 500, 3, 128
+    ssl = self_supervised_cost(cfg, size, 0.01, 0.2, tmp_path)
+    # 600 radiographs x 0.01 s; 3 epochs x floor(500 / 128) = 3 steps of 2 x 0.2 s x 128 / 32
+    assert ssl.stage == "self_supervised" and ssl.seconds == pytest.approx(6.0 + 3 * 3 * 1.6)

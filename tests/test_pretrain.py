@@ -124,7 +124,7 @@ def test_the_privileged_backbone_is_refused_where_it_cannot_be_built_or_by_its_o
         cfg.model.pretrained = old
         with pytest.raises(ValueError, match="the phantom's truth"):
             ensure_upstream(cfg)  # before any stage is built
-    with pytest.raises(ValueError, match="pretrain stage"):
+    with pytest.raises(ValueError, match="built by python -m hipdisloc.train"):
         resnet18(PRIVILEGED_PHANTOM_GEOMETRY)  # the train command resolves it to a path first
     cfg = TrainConfig()
     cfg.model.pretrained = PRIVILEGED_PHANTOM_GEOMETRY

@@ -29,6 +29,10 @@ IMAGENET_FILE = "resnet18-f37072fd.pth"  # torchvision's file name for ImageNet 
 # of a real study; refused for a manifest cohort)
 PRIVILEGED_PHANTOM_GEOMETRY = "privileged_phantom_geometry"
 RENAMED = {"phantom_geometry": PRIVILEGED_PHANTOM_GEOMETRY}  # model.pretrained's old values
+# model.pretrained's value for a backbone learnt from pixels alone by the train command's
+# self_supervised stage (hipdisloc.stages.self_supervised), handed to the folds as a path
+SELF_SUPERVISED = "self_supervised"
+BUILT_BY_STAGES = (PRIVILEGED_PHANTOM_GEOMETRY, SELF_SUPERVISED)
 LAYER_GROUPS = (("conv1", "bn1", "layer1"), ("layer2",), ("layer3",), ("layer4",), ("fc",))
 # model.head: fastai's head (what the paper's fastai cnn_learner put on ResNet18) or one
 # linear layer on the average pool (torchvision's)
@@ -122,10 +126,10 @@ def resnet18(pretrained: str = "none", head: str = "linear") -> torch.nn.Module:
     if head not in HEADS:
         raise ValueError(f"model.head must be one of {HEADS}, got {head!r}")
     pretrained = resolve_pretrained(pretrained)
-    if pretrained == PRIVILEGED_PHANTOM_GEOMETRY:
-        raise ValueError("model.pretrained=privileged_phantom_geometry is built by python -m "
-                         "hipdisloc.train (its pretrain stage, data_dir/pretrain/backbone.pt); "
-                         "elsewhere give the backbone's path")
+    if pretrained in BUILT_BY_STAGES:
+        raise ValueError(f"model.pretrained={pretrained} is built by python -m hipdisloc.train "
+                         "(its stage writes data_dir/<stage>/backbone.pt); elsewhere give the "
+                         "backbone's path")
     net = torchvision.models.resnet18(weights=None)
     if pretrained not in ("none", None, ""):
         path = imagenet_weights_path() if pretrained == "imagenet" else Path(pretrained)

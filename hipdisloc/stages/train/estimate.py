@@ -230,6 +230,29 @@ def pretrain_cost(cfg: TrainConfig, size: CohortSize, cohort_per_image: float,
                      f"epochs × {steps:,} steps × {step:.2f} s (batch {p.batch_size})")
 
 
+def self_supervised_cost(cfg: TrainConfig, size: CohortSize, cohort_per_image: float,
+                         full_step: float, data_dir: Path,
+                         detect_per_image: float = 0.0) -> StageCost | None:
+    """``model.pretrained=self_supervised`` on the phantom: its cohort drawn, prepared and cut
+    (as :func:`pretrain_cost`), and SimCLR's epochs at twice the classifier's all-layer step
+    time per crop (two views); None otherwise (an archive's unlabelled set is not sized here)."""
+    from hipdisloc.models.classifier import SELF_SUPERVISED
+
+    if cfg.model.pretrained != SELF_SUPERVISED or cfg.cohort.phantom is None:
+        return None
+    if _reused(data_dir, "self_supervised"):
+        return StageCost("self_supervised", 0.0, "reused")
+    s = cfg.self_supervised
+    share = s.n_patients / max(1, cfg.cohort.phantom.n_patients)
+    radiographs, crops = share * size.radiographs, share * size.crops
+    steps = math.floor(crops / s.batch_size)
+    step = 2 * full_step * s.batch_size / max(1, cfg.schedule.batch_size)
+    seconds = radiographs * (cohort_per_image + detect_per_image) + s.epochs * steps * step
+    return StageCost("self_supervised", seconds,
+                     f"{radiographs:,.0f} radiographs drawn, prepared and cut, {s.epochs} "
+                     f"epochs × {steps:,} steps × {step:.2f} s (batch {s.batch_size}, 2 views)")
+
+
 def estimate(cfg: TrainConfig, n_folds: int, data_dir: Path) -> tuple[list[StageCost],
                                                                        CohortSize]:
     """Every stage's estimated seconds for a study of ``n_folds`` fold jobs run one after
@@ -288,9 +311,10 @@ def estimate(cfg: TrainConfig, n_folds: int, data_dir: Path) -> tuple[list[Stage
     fold = (cfg.schedule.head_epochs * (steps * frozen + per_epoch_eval)
             + cfg.schedule.full_epochs * (steps * full + per_epoch_eval)
             + LR_FINDER_STEPS * full + 0.1 * size.crops * infer)
-    pretrain = pretrain_cost(cfg, size, cohort_per_image, full, data_dir, detect_per_image)
-    if pretrain is not None:
-        costs.append(pretrain)
+    for backbone in (pretrain_cost, self_supervised_cost):
+        cost = backbone(cfg, size, cohort_per_image, full, data_dir, detect_per_image)
+        if cost is not None:
+            costs.append(cost)
     costs.append(StageCost("folds", n_folds * fold,
                            f"{n_folds} × ({cfg.schedule.head_epochs} + "
                            f"{cfg.schedule.full_epochs} epochs × {steps:,} steps of "

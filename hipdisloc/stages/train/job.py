@@ -18,13 +18,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from hipdisloc.config import TrainConfig, TrainerSettings, to_settings
 from hipdisloc.io.atomic import write_text
-from hipdisloc.models.classifier import PRIVILEGED_PHANTOM_GEOMETRY
+from hipdisloc.models.classifier import PRIVILEGED_PHANTOM_GEOMETRY, SELF_SUPERVISED
 from hipdisloc.precision import resolve_channels_last, resolve_precision
 from hipdisloc.progress import fold_line, interactive
 from hipdisloc.stages.report.aggregate import phantom_oracle_auc
 from hipdisloc.stages.train.fold import FoldProgress, train_fold
 from hipdisloc.stages.train.tracking import FoldTracker
-from hipdisloc.stages.train.upstream import backbone_path, ensure_upstream
+from hipdisloc.stages.train.upstream import (
+    backbone_path,
+    ensure_upstream,
+    self_supervised_path,
+)
 
 log = logging.getLogger("hipdisloc.train")
 DDP_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -114,10 +118,13 @@ def fold_summary(label: str, r: dict, seconds: float, path: Path, eta: str | Non
 
 
 def resolve_backbone(settings: TrainConfig) -> TrainConfig:
-    """``model.pretrained=privileged_phantom_geometry`` as the path of the backbone its stage
-    built."""
+    """``model.pretrained=privileged_phantom_geometry`` or ``self_supervised`` as the path of
+    the backbone its stage built."""
+    data_dir = Path(settings.paths.data_dir)
     if settings.model.pretrained == PRIVILEGED_PHANTOM_GEOMETRY:
-        settings.model.pretrained = str(backbone_path(Path(settings.paths.data_dir)))
+        settings.model.pretrained = str(backbone_path(data_dir))
+    elif settings.model.pretrained == SELF_SUPERVISED:
+        settings.model.pretrained = str(self_supervised_path(data_dir))
     return settings
 
 

@@ -226,6 +226,69 @@ def ensure_pretrained_backbone(cfg: TrainConfig, data_dir: Path,
     return backbone
 
 
+def self_supervised_path(data_dir: Path) -> Path:
+    """Where ``model.pretrained=self_supervised``'s backbone is kept."""
+    from hipdisloc.stages.self_supervised import BACKBONE_FILE
+
+    return Path(data_dir) / "self_supervised" / BACKBONE_FILE
+
+
+def ensure_self_supervised_backbone(cfg: TrainConfig, data_dir: Path,
+                                    detector: Path | None = None) -> Path | None:
+    """``model.pretrained=self_supervised``: the backbone learnt by SimCLR from unlabelled crops
+    of radiographs outside the study (:mod:`hipdisloc.stages.self_supervised`), cut by the
+    study's ``detector`` when its crops are, built once; else None."""
+    import pandas as pd
+
+    from hipdisloc.models.classifier import SELF_SUPERVISED
+    from hipdisloc.stages import self_supervised as ssl
+
+    if cfg.model.pretrained != SELF_SUPERVISED:
+        return None
+    s = cfg.self_supervised
+    ssl.check_settings(s)
+    backbone = self_supervised_path(data_dir)
+    out = backbone.parent
+    record = {"self_supervised": {k: v for k, v in asdict(s).items()},
+              "prepare": {k: v for k, v in asdict(cfg.prepare).items() if k != "workers"},
+              "crop": {k: v for k, v in asdict(cfg.crop).items()
+                       if k not in ("batch_size", "pack")},
+              "detector": file_sha1(detector.parent / STAGE_RECORD) if detector else None,
+              "precision": cfg.trainer.precision}
+    bf16 = str(cfg.trainer.precision).startswith("bf16")
+    if cfg.cohort.phantom is not None:
+        phantom = ssl.cohort_phantom(cfg.cohort.phantom, s)
+        record["phantom"] = {k: v for k, v in asdict(phantom).items() if k != "workers"}
+
+        def build() -> dict:
+            from hipdisloc.phantom.cohort import generate
+
+            generate(out / "phantom", phantom, seed=phantom.seed, image_size=phantom.image_size,
+                     workers=phantom.workers, overwrite=True, progress=interactive())
+            return ssl.train_backbone(out, out / "phantom" / "manifest.csv", out / "phantom",
+                                      cfg.prepare, cfg.crop, s, bf16, detector=detector,
+                                      boxes=out / "phantom" / "boxes.json",
+                                      progress=interactive(), log=log.info)
+    else:
+        if not s.manifest:
+            raise ValueError(
+                "model.pretrained=self_supervised on an archive needs self_supervised.manifest: "
+                "radiographs of patients outside the study (the study's own images are each "
+                "some fold's test image, which the backbone must not see)")
+        manifest = Path(s.manifest)
+        study = set(pd.read_csv(cfg.cohort.manifest, usecols=["patient_id"],
+                                dtype=str)["patient_id"])
+        record["manifest"] = file_sha1(manifest)
+
+        def build() -> dict:
+            return ssl.train_backbone(out, manifest, Path(s.data_root or manifest.parent),
+                                      cfg.prepare, cfg.crop, s, bf16, detector=detector,
+                                      boxes=cfg.cohort.boxes, study_patients=study,
+                                      progress=interactive(), log=log.info)
+    run_stage("self_supervised", out, record, build, lambda: ssl.summary(out))
+    return backbone
+
+
 def _phantom_summary(out: Path) -> str:
     import pandas as pd
 
@@ -267,4 +330,5 @@ def ensure_upstream(cfg: TrainConfig) -> Path:
         detector = ensure_detector(cfg, data_dir, prepared, boxes)
         crops = ensure_crops(cfg, data_dir, prepared, detector, boxes)
         ensure_pretrained_backbone(cfg, data_dir, detector)
+        ensure_self_supervised_backbone(cfg, data_dir, detector)
         return crops
