@@ -67,9 +67,12 @@ def stale_settings(fold_dir: Path, config: dict) -> list[tuple] | None:
     return setting_differences(recorded, config) or None
 
 
-def describe(fold_dir: Path, differences: list[tuple]) -> str:
-    state = fold_state(fold_dir)
-    lines = [f"  {fold_dir} ({state}) was trained with other settings:"]
+def describe(folders: list[Path], differences: list[tuple]) -> str:
+    """The folders (with their state) that share ``differences``, then the differences."""
+    names = [f"{path} ({fold_state(path)})" for path in folders]
+    lines = [f"  {names[0]} was trained with other settings:" if len(names) == 1 else
+             f"  {len(names)} of them were trained with the same other settings:\n    "
+             + "\n    ".join(names) + "\n  namely:"]
     for key, before, now in differences[:SHOWN]:
         lines.append(f"    {key}: {before!r} there, {now!r} in this command")
     if len(differences) > SHOWN:
@@ -78,8 +81,12 @@ def describe(fold_dir: Path, differences: list[tuple]) -> str:
 
 
 def refusal(stale: list[tuple[Path, list[tuple]]]) -> str:
-    """The message a command stops with when folds it would reuse were trained otherwise."""
-    folds = "\n".join(describe(path, diff) for path, diff in stale)
+    """The message a command stops with when folds it would reuse were trained otherwise
+    (folds that differ alike are listed together)."""
+    groups: dict[str, tuple[list[Path], list[tuple]]] = {}
+    for path, diff in stale:
+        groups.setdefault(repr(diff), ([], diff))[0].append(path)
+    folds = "\n".join(describe(paths, diff) for paths, diff in groups.values())
     return (f"{len(stale)} fold folder(s) hold work done under other settings than this "
             f"command's, and would be skipped or resumed as if they were its own:\n{folds}\n"
             "Nothing was run. Either retrain them in place with callbacks.skip_finished=false "
