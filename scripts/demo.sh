@@ -11,7 +11,7 @@ data=${data:-data/demo}
 out=${DEMO_DIR:+$DEMO_DIR/outputs}
 out=${out:-outputs/demo}
 echo "== the 10-fold study on the demo phantom (synthetic, not patient data)"
-echo "   phantom -> prepare -> detect -> crop -> pretrain (first fold only) -> 10 folds -> Tables 2, 3, report"
+echo "   phantom -> prepare -> detect -> crop -> self-supervised backbone (first fold only) -> 10 folds -> Tables 2, 3, report"
 "$py" -m hipdisloc.train experiment=demo fold=0..9 -m paths.data_dir="$data" paths.out_dir="$out"
 "$py" -m hipdisloc.phantom.preview "$data/phantom" "$out/phantom_preview.png" --n 3
 "$py" -m hipdisloc.stages.crop_preview "$data/crops" "$data/prepared" "$out/crop_preview.png"

@@ -38,6 +38,19 @@ def test_every_command_composes_to_its_schema(command):
     assert type(settings) is SCHEMAS[command]
 
 
+@pytest.mark.parametrize("experiment", ["demo", "demo_large", "rouzrokh2021"])
+def test_no_experiment_trains_on_the_phantoms_truth(experiment):
+    """Nothing a default study runs reads the phantom's truth: its backbone starts from pixels
+    (or ImageNet, or nothing), never from the privileged measurements, and its crops are cut
+    by the study's detector."""
+    from hipdisloc.models.classifier import PRIVILEGED_PHANTOM_GEOMETRY, RENAMED
+
+    cfg = to_settings(_compose("train", [f"experiment={experiment}"]))
+    assert cfg.model.pretrained not in (PRIVILEGED_PHANTOM_GEOMETRY, *RENAMED)
+    assert cfg.model.pretrained in ("self_supervised", "none", "auto", "imagenet")
+    assert cfg.crop.boxes_from == "detector"
+
+
 def test_the_demo_reads_as_its_yaml_says():
     demo = to_settings(_compose("train", ["experiment=demo"]))
     assert isinstance(demo, TrainConfig)
@@ -45,7 +58,8 @@ def test_the_demo_reads_as_its_yaml_says():
     assert demo.cohort.phantom.n_patients == 2000 and demo.cohort.phantom.risk.head_22 == 3.5
     assert (demo.schedule.head_epochs, demo.schedule.full_epochs) == (2, 2)
     assert (demo.model.pretrained, demo.model.lr, demo.model.head) == \
-        ("privileged_phantom_geometry", 1e-4, "linear")
+        ("self_supervised", 1e-4, "linear")
+    assert demo.self_supervised.seed != demo.cohort.phantom.seed  # outside the study
     assert demo.pretrain.epochs == 24
     assert demo.pretrain.seed != demo.cohort.phantom.seed  # other patients than the study's
     assert demo.detector.data.input_size == 192 and demo.crop.crop_size == 64

@@ -28,8 +28,8 @@ def estimate_only(tmp_path, *overrides: str) -> str:
 
 @pytest.mark.parametrize("overrides, name, stages", [
     ((), "rouzrokh2021", ("phantom", "prepare", "detect", "crop", "folds")),
-    (("experiment=demo",), "demo", ("phantom", "prepare", "detect", "crop", "pretrain",
-                                     "folds")),
+    (("experiment=demo",), "demo", ("phantom", "prepare", "detect", "crop",
+                                     "self_supervised", "folds")),
 ])
 def test_the_study_prints_its_estimate_before_it_starts(tmp_path, overrides, name, stages):
     out = estimate_only(tmp_path, *overrides)

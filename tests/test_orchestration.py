@@ -31,8 +31,9 @@ TINY = ["experiment=demo", "debug=fast", "n_folds=2", "cohort.phantom.n_patients
         "cohort.phantom.workers=1", "crop.boxes_from=ground_truth", "crop.crop_size=32",
         # the tiny cohort as before the demo went to one radiograph per THA and batch 64
         "cohort.phantom.images_per_tha=2.0", "schedule.batch_size=32",
-        # the demo's backbone pretrained on a pretraining cohort as tiny as the study's
-        "pretrain.n_patients=40", "pretrain.epochs=1", "pretrain.batch_size=16"]
+        # the demo's backbone learnt on an unlabelled cohort as tiny as the study's
+        "self_supervised.n_patients=40", "self_supervised.epochs=1",
+        "self_supervised.batch_size=16"]
 
 
 def run_train(args: list[str], home: Path, background: bool = False):
@@ -55,14 +56,15 @@ def data_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     out = run_train([*TINY, f"paths.data_dir={root / 'data'}", f"paths.out_dir={root / 'first'}",
                      "fold=0"], root)
-    for stage in ("phantom", "prepare", "crop", "pretrain"):
+    for stage in ("phantom", "prepare", "crop", "self_supervised"):
         assert f"{stage}: building" in out
-    # experiment=demo's model.pretrained=privileged_phantom_geometry: the fold started from it
+    assert "pretrain: building" not in out  # the privileged backbone is no default
+    # experiment=demo's model.pretrained=self_supervised: the fold started from it
     result = json.loads((root / "first" / "fold0" / "test_metrics.json").read_text())
-    assert result["pretrained"] == str(root / "data" / "pretrain" / "backbone.pt")
-    # its pretraining cohort cut on boxes found as the study's were (here the ground truth)
-    pretraining = pd.read_csv(root / "data" / "pretrain" / "crops" / "crops.csv", dtype=str)
-    assert set(pretraining["box_source"].dropna()) == {"ground_truth"}
+    assert result["pretrained"] == str(root / "data" / "self_supervised" / "backbone.pt")
+    # its unlabelled cohort cut on boxes found as the study's were (here the ground truth)
+    cohort = pd.read_csv(root / "data" / "self_supervised" / "crops" / "crops.csv", dtype=str)
+    assert set(cohort["box_source"].dropna()) == {"ground_truth"}
     return root / "data"
 
 

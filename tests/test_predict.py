@@ -35,8 +35,9 @@ TINY = ["experiment=demo", "debug=fast", "logger=csv", "n_folds=2",
         "crop.boxes_from=ground_truth", "crop.crop_size=32",
         # the tiny cohort as before the demo went to one radiograph per THA and batch 64
         "cohort.phantom.images_per_tha=2.0", "schedule.batch_size=32",
-        # the demo's backbone pretrained on a pretraining cohort as tiny as the study's
-        "pretrain.n_patients=40", "pretrain.epochs=1", "pretrain.batch_size=16"]
+        # the demo's backbone learnt on an unlabelled cohort as tiny as the study's
+        "self_supervised.n_patients=40", "self_supervised.epochs=1",
+        "self_supervised.batch_size=16"]
 
 
 def run(module: str, args: list[str], cwd: Path, ok: bool = True):
