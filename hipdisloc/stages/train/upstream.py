@@ -185,6 +185,16 @@ def ensure_crops(cfg: TrainConfig, data_dir: Path, prepared: Path, detector: Pat
     return out
 
 
+def cut_like_the_study(cfg: TrainConfig, detector: Path | None) -> dict:
+    """What a backbone stage's cohort shares with the study's crops, for its stage record: the
+    prepare and crop settings, the detector (its record's hash) and the precision."""
+    return {"prepare": {k: v for k, v in asdict(cfg.prepare).items() if k != "workers"},
+            "crop": {k: v for k, v in asdict(cfg.crop).items()
+                     if k not in ("batch_size", "pack")},
+            "detector": file_sha1(detector.parent / STAGE_RECORD) if detector else None,
+            "precision": cfg.trainer.precision}
+
+
 def backbone_path(data_dir: Path) -> Path:
     """Where ``model.pretrained=privileged_phantom_geometry``'s backbone is kept."""
     from hipdisloc.stages.pretrain import BACKBONE_FILE
@@ -212,11 +222,7 @@ def ensure_pretrained_backbone(cfg: TrainConfig, data_dir: Path,
     phantom = pretrain.pretraining_phantom(cfg.cohort.phantom, cfg.pretrain)
     record = {"pretrain": asdict(cfg.pretrain),
               "phantom": {k: v for k, v in asdict(phantom).items() if k != "workers"},
-              "prepare": {k: v for k, v in asdict(cfg.prepare).items() if k != "workers"},
-              "crop": {k: v for k, v in asdict(cfg.crop).items()
-                       if k not in ("batch_size", "pack")},
-              "detector": file_sha1(detector.parent / STAGE_RECORD) if detector else None,
-              "precision": cfg.trainer.precision}
+              **cut_like_the_study(cfg, detector)}
     bf16 = str(cfg.trainer.precision).startswith("bf16")
     run_stage("pretrain", out, record,
               lambda: pretrain.pretrain_backbone(out, cfg.cohort.phantom, cfg.prepare, cfg.crop,
@@ -249,12 +255,7 @@ def ensure_self_supervised_backbone(cfg: TrainConfig, data_dir: Path,
     ssl.check_settings(s)
     backbone = self_supervised_path(data_dir)
     out = backbone.parent
-    record = {"self_supervised": {k: v for k, v in asdict(s).items()},
-              "prepare": {k: v for k, v in asdict(cfg.prepare).items() if k != "workers"},
-              "crop": {k: v for k, v in asdict(cfg.crop).items()
-                       if k not in ("batch_size", "pack")},
-              "detector": file_sha1(detector.parent / STAGE_RECORD) if detector else None,
-              "precision": cfg.trainer.precision}
+    record = {"self_supervised": asdict(s), **cut_like_the_study(cfg, detector)}
     bf16 = str(cfg.trainer.precision).startswith("bf16")
     if cfg.cohort.phantom is not None:
         phantom = ssl.cohort_phantom(cfg.cohort.phantom, s)
