@@ -205,13 +205,31 @@ def classifier_seconds(cfg: TrainConfig) -> tuple[float, float, float]:
     return frozen, full, infer
 
 
+def _backbone_stage(stage: str, cfg: TrainConfig, size: CohortSize, n_patients: int,
+                    epochs: int, batch_size: int, fitted_share: float, views: int,
+                    cohort_per_image: float, full_step: float,
+                    detect_per_image: float) -> StageCost:
+    """A backbone stage on another phantom cohort: the cohort drawn, prepared and cut (scaled
+    from the study's by patients; ``detect_per_image``: the study's detector finding its boxes),
+    then ``epochs`` over ``fitted_share`` of its crops at the classifier's all-layer step time,
+    scaled by batch and by the ``views`` of each crop a step sees."""
+    share = n_patients / max(1, cfg.cohort.phantom.n_patients)
+    radiographs, crops = share * size.radiographs, share * size.crops
+    steps = math.floor(fitted_share * crops / batch_size)
+    step = views * full_step * batch_size / max(1, cfg.schedule.batch_size)
+    seconds = radiographs * (cohort_per_image + detect_per_image) + epochs * steps * step
+    cut = ", cut by the detector" if detect_per_image else ""
+    each = f", {views} views" if views > 1 else ""
+    return StageCost(stage, seconds,
+                     f"{radiographs:,.0f} radiographs drawn and prepared{cut}, {epochs} epochs "
+                     f"× {steps:,} steps × {step:.2f} s (batch {batch_size}{each})")
+
+
 def pretrain_cost(cfg: TrainConfig, size: CohortSize, cohort_per_image: float,
                   full_step: float, data_dir: Path,
                   detect_per_image: float = 0.0) -> StageCost | None:
-    """``model.pretrained=privileged_phantom_geometry``: its phantom cohort drawn, prepared and
-    cropped (scaled from the study's by patients; ``detect_per_image``: the study's detector finding
-    its boxes) and its regressor's epochs at the classifier's all-layer step time (scaled by
-    batch); None when the model is not pretrained so."""
+    """``model.pretrained=privileged_phantom_geometry``: its cohort and its regressor's epochs
+    (:func:`_backbone_stage`); None when the model is not pretrained so."""
     from hipdisloc.models.classifier import PRIVILEGED_PHANTOM_GEOMETRY
 
     if cfg.model.pretrained != PRIVILEGED_PHANTOM_GEOMETRY or cfg.cohort.phantom is None:
@@ -219,23 +237,16 @@ def pretrain_cost(cfg: TrainConfig, size: CohortSize, cohort_per_image: float,
     if _reused(data_dir, "pretrain"):
         return StageCost("pretrain", 0.0, "reused")
     p = cfg.pretrain
-    share = p.n_patients / max(1, cfg.cohort.phantom.n_patients)
-    radiographs, crops = share * size.radiographs, share * size.crops
-    steps = math.floor((1 - p.held_out) * crops / p.batch_size)
-    step = full_step * p.batch_size / max(1, cfg.schedule.batch_size)
-    seconds = radiographs * (cohort_per_image + detect_per_image) + p.epochs * steps * step
-    cut = ", cut by the detector" if detect_per_image else ""
-    return StageCost("pretrain", seconds,
-                     f"{radiographs:,.0f} radiographs drawn and prepared{cut}, {p.epochs} "
-                     f"epochs × {steps:,} steps × {step:.2f} s (batch {p.batch_size})")
+    return _backbone_stage("pretrain", cfg, size, p.n_patients, p.epochs, p.batch_size,
+                           1 - p.held_out, 1, cohort_per_image, full_step, detect_per_image)
 
 
 def self_supervised_cost(cfg: TrainConfig, size: CohortSize, cohort_per_image: float,
                          full_step: float, data_dir: Path,
                          detect_per_image: float = 0.0) -> StageCost | None:
-    """``model.pretrained=self_supervised`` on the phantom: its cohort drawn, prepared and cut
-    (as :func:`pretrain_cost`), and SimCLR's epochs at twice the classifier's all-layer step
-    time per crop (two views); None otherwise (an archive's unlabelled set is not sized here)."""
+    """``model.pretrained=self_supervised`` on the phantom: its cohort and SimCLR's epochs, two
+    views a crop (:func:`_backbone_stage`); None otherwise (an archive's unlabelled set is not
+    sized here)."""
     from hipdisloc.models.classifier import SELF_SUPERVISED
 
     if cfg.model.pretrained != SELF_SUPERVISED or cfg.cohort.phantom is None:
@@ -243,14 +254,8 @@ def self_supervised_cost(cfg: TrainConfig, size: CohortSize, cohort_per_image: f
     if _reused(data_dir, "self_supervised"):
         return StageCost("self_supervised", 0.0, "reused")
     s = cfg.self_supervised
-    share = s.n_patients / max(1, cfg.cohort.phantom.n_patients)
-    radiographs, crops = share * size.radiographs, share * size.crops
-    steps = math.floor(crops / s.batch_size)
-    step = 2 * full_step * s.batch_size / max(1, cfg.schedule.batch_size)
-    seconds = radiographs * (cohort_per_image + detect_per_image) + s.epochs * steps * step
-    return StageCost("self_supervised", seconds,
-                     f"{radiographs:,.0f} radiographs drawn, prepared and cut, {s.epochs} "
-                     f"epochs × {steps:,} steps × {step:.2f} s (batch {s.batch_size}, 2 views)")
+    return _backbone_stage("self_supervised", cfg, size, s.n_patients, s.epochs, s.batch_size,
+                           1.0, 2, cohort_per_image, full_step, detect_per_image)
 
 
 def estimate(cfg: TrainConfig, n_folds: int, data_dir: Path) -> tuple[list[StageCost],
